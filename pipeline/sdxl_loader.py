@@ -1,0 +1,60 @@
+"""Load SDXL from a diffusers folder or a single-file checkpoint, onto the chosen device.
+
+Single-file checkpoints (the original Stability layout most community models ship in) carry no
+configs or tokenizers; the project ships SDXL's in ``pipeline/configs/sdxl`` so loading never
+touches a model hub.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from startup.backend import Backend
+from startup.weights import WeightsError, WeightsSource
+
+log = logging.getLogger(__name__)
+
+SHIPPED_CONFIG = Path(__file__).resolve().parent / "configs" / "sdxl"
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline ready to generate, plus what a request needs to reset it between calls."""
+
+    family: str
+    pipe: Any
+    base_scheduler_config: Mapping[str, Any]
+    source: WeightsSource
+
+
+def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optional[Path] = None) -> LoadedModel:
+    """Build the SDXL pipeline from ``source`` in the backend's precision and move it to its device."""
+    from diffusers import StableDiffusionXLPipeline
+
+    try:
+        if source.layout == "diffusers":
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                str(source.path), dtype=backend.dtype, use_safetensors=True, local_files_only=True
+            )
+        else:
+            pipe = StableDiffusionXLPipeline.from_single_file(
+                str(source.path),
+                config=str(single_file_config or SHIPPED_CONFIG),
+                dtype=backend.dtype,
+                local_files_only=True,
+            )
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise WeightsError(
+            f"could not load SDXL from {source.path} ({source.layout} layout): {error}"
+        ) from error
+    pipe.to(backend.device)
+    pipe.set_progress_bar_config(disable=True)  # per-step progress is logged by the generator
+    return LoadedModel(
+        family="sdxl",
+        pipe=pipe,
+        base_scheduler_config=dict(pipe.scheduler.config),
+        source=source,
+    )

@@ -1,0 +1,46 @@
+"""Start Cog's real HTTP server (coglet) on loopback with this predictor, without Docker.
+
+Equivalent to what the container built by ``cog build`` runs. Extra arguments go to the server,
+e.g. ``--await-explicit-shutdown true``.
+
+Usage: python scripts/serve.py [--port 5000] [--weights PATH_OR_URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_command(host: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "cog.server.http", "--host", host, *extra]
+
+
+def server_env(port: int, weights: str | None) -> dict[str, str]:
+    """The server starts its worker with ``python`` from PATH, so this interpreter's folder goes first."""
+    env = dict(os.environ)
+    env["COG_PREDICT_TYPE_STUB"] = "predict.py:Predictor"
+    env["PORT"] = str(port)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if weights:
+        env["SDXL_WEIGHTS"] = weights
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--weights", help="weights path or URL (default: $SDXL_WEIGHTS)")
+    args, extra = parser.parse_known_args()
+    os.chdir(ROOT)
+    command = server_command(args.host, extra)
+    os.execve(command[0], command, server_env(args.port, args.weights))
+
+
+if __name__ == "__main__":
+    main()

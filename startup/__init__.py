@@ -1,0 +1,1 @@
+"""The fast-startup chain that ``Predictor.setup()`` runs, one module per stage."""

@@ -1,0 +1,74 @@
+"""The start-up chain ``Predictor.setup()`` runs: named stages in order, each timed.
+
+Order matters: server flags are stripped before any library can parse ``sys.argv``; the install
+guard is armed before anything heavy is imported (imports are where auto-installers fire); torch
+is imported by the backend stage, diffusers by the imports stage, so each cost is visible.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from pipeline.model_cache import MODEL_CACHE
+from pipeline.sdxl_loader import LoadedModel, load_sdxl
+from startup.backend import Backend, configure_backend
+from startup.cmdargs import filter_sys_argv
+from startup.install_guard import install_guard, package_report
+from startup.logs import configure_logging
+from startup.timers import StageTimer
+from startup.weights import configured_weights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReadyService:
+    """What setup leaves behind for ``predict()``."""
+
+    backend: Backend
+    model: LoadedModel
+    timings: dict
+
+
+def import_pipeline_classes() -> None:
+    """Import the pipeline code now, so its cost shows as its own stage, and silence the loaders'
+    progress bars: in Cog's logs they are noise, and per-step progress is logged separately."""
+    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl  # noqa: F401
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = None) -> ReadyService:
+    """Run every stage; on failure the JSON still records the stages that finished."""
+    configure_logging()
+    timer = StageTimer(timings_path)
+    try:
+        with timer.stage("argv_filter"):
+            removed = filter_sys_argv()
+            if removed:
+                log.info("removed server flags from sys.argv: %s", " ".join(removed))
+        with timer.stage("install_guard"):
+            install_guard()
+            packages = package_report()
+            log.info(
+                "install guard: run-time package installs blocked; %s",
+                ", ".join(f"{name} {version or 'not installed'}" for name, version in packages.items()),
+            )
+        with timer.stage("backend"):
+            backend = configure_backend(packages)
+        with timer.stage("imports"):
+            import_pipeline_classes()
+        with timer.stage("weights"):
+            source = resolve_weights(configured_weights(weights))
+        with timer.stage("load"):
+            model = MODEL_CACHE.get_or_load(source.model_id, lambda: load_sdxl(source, backend))
+    except BaseException:
+        timer.finish(completed=False)
+        raise
+    return ReadyService(backend=backend, model=model, timings=timer.finish())

@@ -1,0 +1,130 @@
+"""Download weights once into a local cache: resumable, checksum-verified, tars unpacked.
+
+Replicate's own SDXL and Flux predictors fetch a tar of weights at setup with ``pget``; this does
+the same with the standard library so it works anywhere Python does. A download interrupted by a
+restart resumes from the partial file with an HTTP Range request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+CHUNK = 8 * 1024 * 1024
+ATTEMPTS = 5
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+class FetchError(RuntimeError):
+    """The weights at a URL could not be fetched or did not match their checksum."""
+
+
+def split_checksum(url: str) -> tuple[str, Optional[str]]:
+    """``https://host/w.tar#sha256=abc`` -> (``https://host/w.tar``, ``abc``)."""
+    base, _, fragment = url.partition("#")
+    params = urllib.parse.parse_qs(fragment)
+    sha = params.get("sha256", [None])[0]
+    return base, (sha.lower() if sha else None)
+
+
+def _cache_name(url: str) -> str:
+    name = Path(urllib.parse.urlparse(url).path).name or "weights"
+    return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_once(url: str, part: Path, timeout: float) -> None:
+    """Append the rest of ``url`` to ``part``; restarts from zero if the server ignores Range."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # nothing left to fetch: the part file is complete
+            return
+        raise
+    with response:
+        resumed = bool(offset) and response.status == 206
+        if offset and not resumed:
+            log.info("server ignored the range request; downloading %s from the start", url)
+        length = response.headers.get("Content-Length")
+        expected_size = (offset if resumed else 0) + int(length) if length is not None else None
+        with part.open("ab" if resumed else "wb") as out:
+            shutil.copyfileobj(response, out, CHUNK)
+    # A dropped connection can look like a clean end of stream; only the byte count tells.
+    if expected_size is not None and part.stat().st_size < expected_size:
+        raise http.client.IncompleteRead(b"", expected_size - part.stat().st_size)
+
+
+def _fetch_verified(url: str, expected: Optional[str], final: Path, timeout: float) -> None:
+    """Download into a ``.part`` file with retries and resume, verify, then move into place."""
+    part = final.with_name(final.name + ".part")
+    started = time.perf_counter()
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            _download_once(url, part, timeout)
+            break
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            if attempt == ATTEMPTS:
+                raise FetchError(f"could not download weights from {url}: {error}") from error
+            log.warning("download of %s interrupted (%s); resuming (attempt %d)", url, error, attempt + 1)
+            time.sleep(min(0.5 * attempt, 5.0))
+    if expected:
+        actual = _sha256(part)
+        if actual != expected:
+            part.unlink()
+            raise FetchError(
+                f"weights from {url} failed their checksum: expected sha256 {expected}, got {actual}"
+            )
+    size = part.stat().st_size
+    part.replace(final)
+    log.info("downloaded %s (%.1f MB) in %.2f s", url, size / 1e6, time.perf_counter() - started)
+
+
+def download(url: str, cache_dir: Path, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` (optionally ``#sha256=HEX``) into ``cache_dir`` once and return the local path.
+
+    Tars are unpacked and the folder is returned. A finished download is never fetched again.
+    """
+    plain_url, expected = split_checksum(url)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    final = cache_dir / _cache_name(plain_url)
+    is_tar = final.name.endswith(TAR_SUFFIXES)
+    unpacked = final.with_name(final.name + ".d")
+    if (unpacked if is_tar else final).exists():
+        log.info("weights from %s already cached at %s", plain_url, unpacked if is_tar else final)
+        return unpacked if is_tar else final
+
+    if not final.exists():  # a verified file from an earlier run that died while unpacking is reused
+        _fetch_verified(plain_url, expected, final, timeout)
+    if not is_tar:
+        return final
+    staging = unpacked.with_name(unpacked.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    with tarfile.open(final) as archive:
+        archive.extractall(staging, filter="data")
+    entries = list(staging.iterdir())
+    # A tar of one top-level folder (the usual `tar cf w.tar sdxl/`) unpacks to that folder.
+    root = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+    root.replace(unpacked)
+    shutil.rmtree(staging, ignore_errors=True)
+    final.unlink()
+    return unpacked

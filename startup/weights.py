@@ -1,0 +1,110 @@
+"""Turn the operator's weights setting (a path or a URL) into a checked local source.
+
+Everything that can be wrong with weights is found here, before any model class is built, and
+reported with the path and what was expected: a missing folder, a folder that is not a diffusers
+model, a truncated or corrupt ``.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from startup.fetch import FetchError, download
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_ENV = "SDXL_WEIGHTS"
+CACHE_ENV = "WEIGHTS_CACHE"
+DEFAULT_WEIGHTS = "weights/sdxl"
+DEFAULT_CACHE = "weights/cache"
+EXPECTED = (
+    "a diffusers SDXL folder (with model_index.json), a single-file SDXL .safetensors "
+    "checkpoint, or an http(s) URL to either (a folder as .tar)"
+)
+
+
+class WeightsError(RuntimeError):
+    """The configured weights are missing, malformed or corrupt."""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """A local, checked weights location and its layout."""
+
+    path: Path
+    layout: str  # "diffusers" or "single_file"
+    origin: str  # what the operator configured
+
+    @property
+    def model_id(self) -> str:
+        return f"sdxl:{self.path.resolve()}"
+
+
+def configured_weights(explicit: Optional[str] = None) -> str:
+    """The weights setting in force: setup's argument, else ``$SDXL_WEIGHTS``, else the default."""
+    return str(explicit or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS)
+
+
+def check_safetensors(path: Path) -> None:
+    """Read the header and check the file is as long as the header says; no tensor data is read."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            if header_len > size - 8:
+                raise ValueError(f"header length {header_len} exceeds file size {size}")
+            header = json.loads(handle.read(header_len))
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as error:
+        raise WeightsError(f"{path}: not a readable .safetensors file ({error})") from error
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    needed = 8 + header_len + max(ends, default=0)
+    if size < needed:
+        raise WeightsError(f"{path}: truncated .safetensors file ({size} bytes, header needs {needed})")
+
+
+def _check_diffusers_folder(folder: Path) -> None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise WeightsError(f"{folder}: no model_index.json; expected {EXPECTED}")
+    try:
+        components = json.loads(index.read_text())
+    except ValueError as error:
+        raise WeightsError(f"{index}: not valid JSON ({error})") from error
+    for name, value in components.items():
+        if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+            continue
+        if not (folder / name).is_dir():
+            raise WeightsError(f"{folder}: model_index.json lists {name!r} but {folder / name} is missing")
+    for tensors in sorted(folder.glob("*/*.safetensors")):
+        check_safetensors(tensors)
+
+
+def resolve_weights(setting: str, cache_dir: Optional[Path] = None) -> WeightsSource:
+    """Fetch if it is a URL, then check the local path; raise ``WeightsError`` on any problem."""
+    origin = setting
+    if setting.startswith(("http://", "https://")):
+        cache = cache_dir or Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE))
+        try:
+            path = download(setting, cache)
+        except FetchError as error:
+            raise WeightsError(str(error)) from error
+    else:
+        path = Path(setting).expanduser()
+    if not path.exists():
+        raise WeightsError(f"weights not found at {path}: expected {EXPECTED} (set ${WEIGHTS_ENV})")
+    if path.is_dir():
+        _check_diffusers_folder(path)
+        layout = "diffusers"
+    elif path.suffix == ".safetensors":
+        check_safetensors(path)
+        layout = "single_file"
+    else:
+        raise WeightsError(f"{path}: unsupported weights file; expected {EXPECTED}")
+    log.info("weights: %s (%s)", path, layout)
+    return WeightsSource(path=path, layout=layout, origin=origin)

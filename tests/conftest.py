@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny random-weight SDXL built once per run, an in-process predictor, and the
+real Cog HTTP server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from scripts.make_weights import build_sdxl
+
+    return build_sdxl("tiny", tmp_path_factory.mktemp("weights") / "sdxl-tiny")
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    os.environ["STARTUP_TIMINGS_PATH"] = str(tmp_path_factory.mktemp("timings") / "startup.json")
+    from predict import Predictor
+
+    instance = Predictor()
+    instance.setup(str(tiny_weights))
+    return instance
+
+
+def predict_inputs(**overrides: object) -> dict:
+    """Every input at its declared default, as Cog passes them, with ``overrides`` applied."""
+    from pipeline.request import FIELDS
+
+    inputs = {name: spec.default for name, spec in FIELDS.items()}
+    inputs.update(prompt="a red bicycle", width=64, height=64, seed=1, num_inference_steps=3)
+    inputs.update(overrides)
+    return inputs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 300.0) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class CogServer:
+    def __init__(self, url: str, log_path: Path, timings_path: Path) -> None:
+        self.url = url
+        self.log_path = log_path
+        self.timings_path = timings_path
+
+    def predict(self, **inputs: object) -> dict:
+        return http_json(f"{self.url}/predictions", {"input": inputs})
+
+
+@pytest.fixture(scope="session")
+def cog_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
+    """The real coglet server, started as a user would (scripts/serve.py), with the flags the
+    hosted server passes, which the predictor must filter."""
+    workdir = tmp_path_factory.mktemp("server")
+    port = free_port()
+    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"))
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "serve.py"), "--port", str(port),
+             "--weights", str(tiny_weights), "--await-explicit-shutdown", "true"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                health = http_json(f"{url}/health-check", timeout=5)
+                if health["status"] == "READY":
+                    break
+                if health["status"] == "SETUP_FAILED":
+                    raise RuntimeError(f"setup failed:\n{health}")
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not READY in 240 s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield CogServer(url, log_path, workdir / "startup.json")
+    finally:
+        # --await-explicit-shutdown makes the server ignore SIGTERM, as in production.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)

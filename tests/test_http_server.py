@@ -1,0 +1,66 @@
+"""End to end through Cog's own HTTP server (coglet), as Replicate and `cog predict` call it."""
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import http_json
+
+STAGES = ("argv_filter", "install_guard", "backend", "imports", "weights", "load", "total")
+
+
+def decode(data_url: str) -> Image.Image:
+    header, payload = data_url.split(",", 1)
+    assert header.startswith("data:image/")
+    return Image.open(io.BytesIO(base64.b64decode(payload)))
+
+
+def test_ready_with_every_stage_timed(cog_server) -> None:
+    health = http_json(f"{cog_server.url}/health-check")
+    assert health["status"] == "READY"
+    logs = health["setup"]["logs"]
+    for stage in STAGES:
+        assert f"[Timer: {stage}]: " in logs, stage
+    assert "removed server flags from sys.argv" not in logs or "--await-explicit-shutdown" in logs
+    record = json.loads(cog_server.timings_path.read_text())
+    assert record["completed"] and [s["name"] for s in record["stages"]] == list(STAGES[:-1])
+
+
+def test_prediction_returns_an_image_of_the_requested_size_and_format(cog_server, tmp_path: Path) -> None:
+    response = cog_server.predict(prompt="a lighthouse", width=96, height=64, num_inference_steps=3,
+                                  seed=5, output_format="jpg", output_quality=90)
+    assert response["status"] == "succeeded", response
+    assert len(response["output"]) == 1
+    image = decode(response["output"][0])
+    assert image.format == "JPEG" and image.size == (96, 64)
+    saved = tmp_path / "out.jpg"
+    image.save(saved)
+    assert saved.stat().st_size > 0
+    assert "step 3/3" in response["logs"] and "generated in" in response["logs"]
+    assert "Using seed: 5" in response["logs"]
+    metrics = response["metrics"]
+    assert metrics["seed"] == 5 and metrics["steps"] == 3
+    assert metrics["steps_per_second"] > 0 and metrics["predict_time"] > 0
+
+
+def test_bad_requests_are_refused_and_the_server_keeps_serving(cog_server) -> None:
+    too_wide = cog_server.predict(prompt="x", width=100000, height=64)
+    assert too_wide["status"] == "failed"
+    assert "width=100000" in too_wide["error"] and "64 to 2048" in too_wide["error"]
+    too_many = cog_server.predict(prompt="x", num_outputs=99)
+    assert too_many["status"] == "failed" and "num_outputs=99" in too_many["error"]
+    good = cog_server.predict(prompt="x", width=64, height=64, num_inference_steps=2, num_outputs=2, output_format="png")
+    assert good["status"] == "succeeded", good
+    assert [decode(url).size for url in good["output"]] == [(64, 64), (64, 64)]
+
+
+def test_same_seed_over_http_is_reproducible(cog_server) -> None:
+    inputs = dict(prompt="a fox", width=64, height=64, num_inference_steps=3, seed=11, output_format="png")
+    first = np.asarray(decode(cog_server.predict(**inputs)["output"][0]))
+    second = np.asarray(decode(cog_server.predict(**inputs)["output"][0]))
+    third = np.asarray(decode(cog_server.predict(**{**inputs, "seed": 12})["output"][0]))
+    assert np.array_equal(first, second) and not np.array_equal(first, third)

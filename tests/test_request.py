@@ -1,0 +1,109 @@
+import inspect
+import math
+
+import pytest
+
+from pipeline.request import ASPECT_RATIOS, FIELDS, InputError, parse_request
+
+
+def raw(**overrides: object) -> dict:
+    values = {"prompt": "a red bicycle"}
+    values.update(overrides)
+    return values
+
+
+def test_defaults() -> None:
+    request = parse_request(raw())
+    assert (request.width, request.height) == (1024, 1024)
+    assert request.preset == "balanced"
+    assert request.num_inference_steps is None and request.guidance_scale is None and request.seed is None
+    assert (request.num_outputs, request.scheduler, request.output_format, request.output_quality) == (1, "K_EULER", "webp", 80)
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("width", 100000, "from 64 to 2048"),
+        ("num_outputs", 99, "from 1 to 4"),
+        ("num_outputs", 0, "from 1 to 4"),
+        ("width", 1001, "multiple of 8"),
+        ("num_inference_steps", 0, "from 1 to 100"),
+        ("guidance_scale", 25.5, "from 0 to 20"),
+        ("guidance_scale", math.nan, "from 0 to 20"),
+        ("seed", -1, "from 0 to 4294967295"),
+        ("output_quality", 101, "from 1 to 100"),
+        ("preset", "turbo", "ultra_fast, fast, balanced, quality"),
+        ("scheduler", "LMS", "K_EULER"),
+        ("output_format", "gif", "webp, jpg, png"),
+        ("aspect_ratio", "7:3", "1:1"),
+        ("num_outputs", "2", "an integer"),
+        ("num_outputs", True, "an integer"),
+        ("num_outputs", 1.5, "an integer"),
+        ("prompt", 5, "expected a string"),
+        ("prompt", "   ", "must not be empty"),
+    ],
+)
+def test_bad_values_name_field_value_and_rule(field: str, value: object, words: str) -> None:
+    overrides = {field: value}
+    if field in ("width", "height"):
+        overrides.update(width=value, height=64)
+    with pytest.raises(InputError) as caught:
+        parse_request(raw(**overrides))
+    message = str(caught.value)
+    assert caught.value.field == field
+    assert f"invalid input {field}=" in message
+    assert words in message
+
+
+def test_missing_prompt_is_required() -> None:
+    with pytest.raises(InputError, match="prompt.*required"):
+        parse_request({})
+
+
+def test_unknown_input_is_refused_not_ignored() -> None:
+    with pytest.raises(InputError, match="num_steps.*unknown input"):
+        parse_request(raw(num_steps=10))
+
+
+def test_integral_floats_are_integers_json_has_no_int_type() -> None:
+    request = parse_request(raw(num_outputs=2.0, guidance_scale=5))
+    assert request.num_outputs == 2 and isinstance(request.num_outputs, int)
+    assert request.guidance_scale == 5.0 and isinstance(request.guidance_scale, float)
+
+
+def test_explicit_size_overrides_aspect_ratio() -> None:
+    request = parse_request(raw(aspect_ratio="16:9", width=512, height=768))
+    assert (request.width, request.height) == (512, 768)
+
+
+def test_width_without_height_names_height() -> None:
+    with pytest.raises(InputError) as caught:
+        parse_request(raw(width=512))
+    assert caught.value.field == "height"
+
+
+def test_custom_aspect_ratio_needs_a_size() -> None:
+    with pytest.raises(InputError, match="aspect_ratio.*custom"):
+        parse_request(raw(aspect_ratio="custom"))
+
+
+@pytest.mark.parametrize("ratio", sorted(ASPECT_RATIOS))
+def test_aspect_ratios_are_sdxl_buckets(ratio: str) -> None:
+    request = parse_request(raw(aspect_ratio=ratio))
+    assert request.width % 64 == 0 and request.height % 64 == 0
+    assert 0.9e6 < request.width * request.height < 1.2e6
+    w, h = (int(x) for x in ratio.split(":"))
+    assert abs(request.width / request.height - w / h) < 0.12
+
+
+def test_cog_inputs_are_declared_from_the_same_table() -> None:
+    """predict.py's Input(ge, le, choices, default) must be the bounds the validator enforces."""
+    from predict import Predictor
+
+    parameters = inspect.signature(Predictor.predict).parameters
+    assert set(parameters) - {"self"} == set(FIELDS)
+    for name, spec in FIELDS.items():
+        info = parameters[name].default
+        assert (info.default, info.ge, info.le) == (spec.default, spec.minimum, spec.maximum), name
+        assert info.choices == (list(spec.choices) if spec.choices else None), name
+        assert info.description, name
