@@ -1,5 +1,6 @@
-"""Cog entry point. Thin on purpose: inputs are declared from ``pipeline.request.FIELDS`` and each
-request flows predict.py -> presets -> pipeline -> outputs."""
+"""Cog entry point. Thin on purpose: inputs are declared from the validators' own tables
+(``pipeline.request.FIELDS``, ``adetailer.args.AD_FIELDS``) and each request flows
+predict.py -> presets -> pipeline -> adetailer -> outputs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any, Optional
 
 from cog import BasePredictor, Input, Path
 
+from adetailer.args import AD_FIELDS, parse_adetailer_args
+from pipeline.fields import FieldSpec
 from pipeline.generate import generate
 from pipeline.outputs import save_images
 from pipeline.request import FIELDS, parse_request
@@ -27,9 +30,12 @@ warnings.filterwarnings("ignore", message=r"BasePredictor is deprecated", catego
 log = logging.getLogger("predict")
 
 
+ALL_FIELDS: dict[str, FieldSpec] = {**FIELDS, **AD_FIELDS}
+
+
 def field(name: str) -> Any:
     """A cog ``Input`` built from the same bounds the validator enforces."""
-    spec = FIELDS[name]
+    spec = ALL_FIELDS[name]
     return Input(
         default=spec.default,
         description=spec.description,
@@ -62,14 +68,39 @@ class Predictor(BasePredictor):
         scheduler: str = field("scheduler"),
         output_format: str = field("output_format"),
         output_quality: int = field("output_quality"),
+        adetailer: bool = field("adetailer"),
+        adetailer_face: bool = field("adetailer_face"),
+        adetailer_hands: bool = field("adetailer_hands"),
+        ad_confidence: float = field("ad_confidence"),
+        ad_mask_k_largest: int = field("ad_mask_k_largest"),
+        ad_mask_min_ratio: float = field("ad_mask_min_ratio"),
+        ad_mask_max_ratio: float = field("ad_mask_max_ratio"),
+        ad_dilate_erode: int = field("ad_dilate_erode"),
+        ad_mask_blur: int = field("ad_mask_blur"),
+        ad_denoising_strength: float = field("ad_denoising_strength"),
+        ad_inpaint_only_masked_padding: int = field("ad_inpaint_only_masked_padding"),
+        ad_prompt: str = field("ad_prompt"),
+        ad_negative_prompt: str = field("ad_negative_prompt"),
+        ad_steps: Optional[int] = field("ad_steps"),
+        ad_cfg_scale: Optional[float] = field("ad_cfg_scale"),
     ) -> list[Path]:
         # locals() is exactly the inputs here: it must stay the first statement.
         raw = {name: value for name, value in locals().items() if name != "self"}
         started = time.perf_counter()
-        request = parse_request(raw)
+        request = parse_request({name: raw[name] for name in FIELDS})
+        ad_args = parse_adetailer_args({name: raw[name] for name in AD_FIELDS})
         settings = resolve("sdxl", request.preset, request.num_inference_steps, request.guidance_scale)
         result = generate(self.service.model, request, settings)
-        paths = save_images(result.images, self._fresh_output_dir(), request.output_format, request.output_quality)
+        images = result.images
+        if not ad_args.need_skip():
+            from adetailer.runner import run_adetailer  # imported only when asked for
+
+            ad_started = time.perf_counter()
+            images = run_adetailer(
+                self.service.model, images, ad_args, request.prompt, request.negative_prompt, settings, result.seed
+            )
+            self.record_metric("adetailer_seconds", round(time.perf_counter() - ad_started, 4))
+        paths = save_images(images, self._fresh_output_dir(), request.output_format, request.output_quality)
         self.record_metric("seed", result.seed)
         self.record_metric("steps", result.steps)
         self.record_metric("generation_seconds", round(result.seconds, 4))

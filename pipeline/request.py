@@ -7,14 +7,14 @@ everything itself, from the same table ``predict.py`` uses to declare its inputs
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional
 
-from presets import PRESET_NAMES
+from pipeline.fields import FieldSpec, InputError, validate_fields
 from pipeline.schedulers import SCHEDULER_NAMES
+from presets import PRESET_NAMES
 
-Number = Union[int, float]
+__all__ = ["ASPECT_RATIOS", "FIELDS", "GenerationRequest", "InputError", "parse_request"]
 
 # Replicate's usual aspect ratios, mapped to SDXL's trained ~1 megapixel buckets (multiples of 64).
 ASPECT_RATIOS: Mapping[str, tuple[int, int]] = {
@@ -32,49 +32,6 @@ ASPECT_RATIOS: Mapping[str, tuple[int, int]] = {
 }
 CUSTOM_ASPECT = "custom"
 OUTPUT_FORMATS: tuple[str, ...] = ("webp", "jpg", "png")
-
-
-class InputError(ValueError):
-    """A value the caller sent is not allowed. The message names the field, the value and the rule."""
-
-    def __init__(self, field: str, value: Any, allowed: str) -> None:
-        self.field = field
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"invalid input {field}={value!r}: {allowed}")
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """Bounds for one input. ``None`` means no bound of that kind."""
-
-    kind: type
-    default: Any = None
-    minimum: Optional[Number] = None
-    maximum: Optional[Number] = None
-    choices: Optional[Sequence[str]] = None
-    multiple_of: Optional[int] = None
-    max_length: Optional[int] = None
-    optional: bool = False
-    description: str = ""
-
-    def rule(self) -> str:
-        """The allowed values in words, used in every error for this field."""
-        if self.choices is not None:
-            return "allowed: " + ", ".join(self.choices)
-        parts = []
-        if self.kind is str:
-            parts.append(f"a string of at most {self.max_length} characters")
-        else:
-            if self.kind is int:
-                parts.append(f"an integer from {self.minimum} to {self.maximum}")
-            else:
-                parts.append(f"a number from {self.minimum:g} to {self.maximum:g}")
-            if self.multiple_of:
-                parts.append(f"a multiple of {self.multiple_of}")
-        if self.optional:
-            parts.append("or empty")
-        return "allowed: " + ", ".join(parts)
 
 
 FIELDS: Mapping[str, FieldSpec] = {
@@ -146,43 +103,6 @@ class GenerationRequest:
     output_quality: int
 
 
-def _coerce(name: str, spec: FieldSpec, value: Any) -> Any:
-    """Check one value's type and bounds; return it in its canonical type."""
-    if value is None:
-        if spec.optional:
-            return None
-        if spec.default is not None:
-            return spec.default
-        raise InputError(name, value, "this field is required")
-    if spec.kind is str:
-        if not isinstance(value, str):
-            raise InputError(name, value, "expected a string; " + spec.rule())
-        if spec.choices is not None and value not in spec.choices:
-            raise InputError(name, value, spec.rule())
-        if spec.max_length is not None and len(value) > spec.max_length:
-            raise InputError(name, f"<{len(value)} characters>", spec.rule())
-        return value
-    # JSON has no int/float split, so an integral float is an integer; bools are never numbers.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(name, value, spec.rule())
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(name, value, spec.rule())
-    if spec.kind is int:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise InputError(name, value, spec.rule())
-            value = int(value)
-    else:
-        value = float(value)
-    if (spec.minimum is not None and value < spec.minimum) or (
-        spec.maximum is not None and value > spec.maximum
-    ):
-        raise InputError(name, value, spec.rule())
-    if spec.multiple_of and value % spec.multiple_of:
-        raise InputError(name, value, spec.rule())
-    return value
-
-
 def _size(aspect_ratio: str, width: Optional[int], height: Optional[int]) -> tuple[int, int]:
     """Explicit width and height win; otherwise the aspect ratio picks a trained bucket."""
     if (width is None) != (height is None):
@@ -202,10 +122,7 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     Unknown keys are refused rather than ignored: a misspelt option silently doing nothing is the
     kind of bug this service exists to avoid.
     """
-    unknown = sorted(set(raw) - set(FIELDS))
-    if unknown:
-        raise InputError(unknown[0], raw[unknown[0]], "unknown input; known: " + ", ".join(FIELDS))
-    values = {name: _coerce(name, spec, raw.get(name, spec.default)) for name, spec in FIELDS.items()}
+    values = validate_fields(raw, FIELDS)
     if not values["prompt"].strip():
         raise InputError("prompt", values["prompt"], "must not be empty")
     width, height = _size(values.pop("aspect_ratio"), values.pop("width"), values.pop("height"))

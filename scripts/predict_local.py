@@ -20,16 +20,21 @@ sys.path.insert(0, str(ROOT))
 
 def parse_inputs(pairs: list[str]) -> dict[str, Any]:
     """``name=value`` strings typed by the request schema, as ``cog predict -i`` types them."""
-    from pipeline.request import FIELDS
+    from predict import ALL_FIELDS
 
     inputs: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep:
             raise SystemExit(f"-i expects name=value, got {pair!r}")
-        kind = FIELDS[name].kind if name in FIELDS else str
+        kind = ALL_FIELDS[name].kind if name in ALL_FIELDS else str
         try:
-            inputs[name] = kind(text) if kind in (int, float) else text
+            if kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(text)
+                inputs[name] = text.lower() == "true"
+            else:
+                inputs[name] = kind(text) if kind in (int, float) else text
         except ValueError:
             raise SystemExit(f"-i {name}: {text!r} is not a valid {kind.__name__}") from None
     return inputs
@@ -44,12 +49,12 @@ def main() -> None:
     inputs = parse_inputs(args.input)
     sys.argv = sys.argv[:1]  # our flags are parsed; libraries must not see them
 
-    from predict import Predictor
-    from pipeline.request import FIELDS, InputError
+    from predict import ALL_FIELDS, Predictor
+    from pipeline.request import InputError
 
     predictor = Predictor()
     predictor.setup(args.weights)
-    defaults = {name: spec.default for name, spec in FIELDS.items()}
+    defaults = {name: spec.default for name, spec in ALL_FIELDS.items()}
     try:
         outputs = predictor.predict(**{**defaults, **inputs})
     except InputError as error:

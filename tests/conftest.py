@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -39,9 +40,10 @@ def predictor(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def predict_inputs(**overrides: object) -> dict:
     """Every input at its declared default, as Cog passes them, with ``overrides`` applied."""
+    from adetailer.args import AD_FIELDS
     from pipeline.request import FIELDS
 
-    inputs = {name: spec.default for name, spec in FIELDS.items()}
+    inputs = {name: spec.default for name, spec in {**FIELDS, **AD_FIELDS}.items()}
     inputs.update(prompt="a red bicycle", width=64, height=64, seed=1, num_inference_steps=3)
     inputs.update(overrides)
     return inputs
@@ -56,8 +58,18 @@ def free_port() -> int:
 def http_json(url: str, body: dict | None = None, timeout: float = 300.0) -> dict:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        body = error.read()[:2000]
+        if error.code == 409 and b"At capacity" in body:
+            raise AtCapacity(body.decode(errors="replace")) from None
+        raise AssertionError(f"HTTP {error.code} from {url}: {body!r}") from None
+
+
+class AtCapacity(Exception):
+    """The server's one prediction slot is still busy."""
 
 
 class CogServer:
@@ -67,7 +79,15 @@ class CogServer:
         self.timings_path = timings_path
 
     def predict(self, **inputs: object) -> dict:
-        return http_json(f"{self.url}/predictions", {"input": inputs})
+        """POST a prediction, retrying briefly on 409: coglet 0.23 answers a synchronous prediction
+        a moment before it frees the slot, so a client that fires the next request at once can be
+        told "At capacity". Replicate's own queue retries the same way."""
+        for _ in range(50):
+            try:
+                return http_json(f"{self.url}/predictions", {"input": inputs})
+            except AtCapacity:
+                time.sleep(0.1)
+        raise TimeoutError("server stayed at capacity for 5 s")
 
 
 @pytest.fixture(scope="session")

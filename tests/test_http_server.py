@@ -64,3 +64,20 @@ def test_same_seed_over_http_is_reproducible(cog_server) -> None:
     second = np.asarray(decode(cog_server.predict(**inputs)["output"][0]))
     third = np.asarray(decode(cog_server.predict(**{**inputs, "seed": 12})["output"][0]))
     assert np.array_equal(first, second) and not np.array_equal(first, third)
+
+
+def test_adetailer_over_http(cog_server) -> None:
+    """adetailer=true runs the pass; adetailer=false does exactly what leaving the field out does."""
+    inputs = dict(prompt="a portrait", width=64, height=64, num_inference_steps=2, seed=9, output_format="png")
+    without = cog_server.predict(**inputs)
+    off = cog_server.predict(**inputs, adetailer=False, ad_confidence=0.9)
+    on = cog_server.predict(**inputs, adetailer=True, adetailer_hands=True)
+    for response in (without, off, on):
+        assert response["status"] == "succeeded", response
+    assert np.array_equal(np.asarray(decode(without["output"][0])), np.asarray(decode(off["output"][0])))
+    assert "ADetailer" not in off["logs"] and "adetailer_seconds" not in off["metrics"]
+    assert "ADetailer face: " in on["logs"] and "ADetailer hands: " in on["logs"]
+    assert on["metrics"]["adetailer_seconds"] > 0
+    assert decode(on["output"][0]).size == (64, 64)
+    bad = cog_server.predict(**inputs, adetailer=True, ad_denoising_strength=3)
+    assert bad["status"] == "failed" and "ad_denoising_strength=3" in bad["error"]

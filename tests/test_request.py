@@ -100,9 +100,12 @@ def test_cog_inputs_are_declared_from_the_same_table() -> None:
     """predict.py's Input(ge, le, choices, default) must be the bounds the validator enforces."""
     from predict import Predictor
 
+    from adetailer.args import AD_FIELDS
+
     parameters = inspect.signature(Predictor.predict).parameters
-    assert set(parameters) - {"self"} == set(FIELDS)
-    for name, spec in FIELDS.items():
+    tables = {**FIELDS, **AD_FIELDS}
+    assert set(parameters) - {"self"} == set(tables)
+    for name, spec in tables.items():
         info = parameters[name].default
         assert (info.default, info.ge, info.le) == (spec.default, spec.minimum, spec.maximum), name
         assert info.choices == (list(spec.choices) if spec.choices else None), name
