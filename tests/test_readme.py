@@ -2,13 +2,14 @@
 
 from pathlib import Path
 
+from adetailer.args import AD_FIELDS
 from pipeline.request import FIELDS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_readme_lists_every_input() -> None:
-    for name in FIELDS:
+    for name in {**FIELDS, **AD_FIELDS}:
         assert f"`{name}`" in README, name
 
 
