@@ -16,7 +16,7 @@ from cog import BasePredictor, Input, Path
 
 from adetailer.args import AD_FIELDS, parse_adetailer_args
 from pipeline.fields import FieldSpec
-from pipeline.generate import generate
+from pipeline.jobs import run_job
 from pipeline.outputs import save_images
 from pipeline.request import FIELDS, parse_request
 from presets import resolve
@@ -68,6 +68,10 @@ class Predictor(BasePredictor):
         scheduler: str = field("scheduler"),
         output_format: str = field("output_format"),
         output_quality: int = field("output_quality"),
+        face_image: Optional[Path] = field("face_image"),
+        ip_adapter_scale: Optional[float] = field("ip_adapter_scale"),
+        scenes: str = field("scenes"),
+        character: str = field("character"),
         adetailer: bool = field("adetailer"),
         adetailer_face: bool = field("adetailer_face"),
         adetailer_hands: bool = field("adetailer_hands"),
@@ -89,22 +93,24 @@ class Predictor(BasePredictor):
         started = time.perf_counter()
         request = parse_request({name: raw[name] for name in FIELDS})
         ad_args = parse_adetailer_args({name: raw[name] for name in AD_FIELDS})
-        settings = resolve("sdxl", request.preset, request.num_inference_steps, request.guidance_scale)
-        result = generate(self.service.model, request, settings)
-        images = result.images
-        if not ad_args.need_skip():
-            from adetailer.runner import run_adetailer  # imported only when asked for
-
-            ad_started = time.perf_counter()
-            images = run_adetailer(
-                self.service.model, images, ad_args, request.prompt, request.negative_prompt, settings, result.seed
-            )
-            self.record_metric("adetailer_seconds", round(time.perf_counter() - ad_started, 4))
-        paths = save_images(images, self._fresh_output_dir(), request.output_format, request.output_quality)
+        settings = resolve(
+            "sdxl", request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
+        )
+        result = run_job(self.service.model, self.service.backend.device, request, settings, ad_args)
+        images, names = result.images, None
+        if result.sheet is not None:
+            images = images + [result.sheet]
+            names = [f"scene-{i:02d}" for i in range(1, len(result.images) + 1)] + ["contact-sheet"]
+        paths = save_images(images, self._fresh_output_dir(), request.output_format, request.output_quality, names)
         self.record_metric("seed", result.seed)
         self.record_metric("steps", result.steps)
-        self.record_metric("generation_seconds", round(result.seconds, 4))
-        self.record_metric("steps_per_second", round(result.steps_per_second, 3))
+        self.record_metric("generation_seconds", round(result.generation_seconds, 4))
+        if request.scenes:
+            self.record_metric("seconds_per_scene", round(result.generation_seconds / len(request.scenes), 4))
+        else:
+            self.record_metric("steps_per_second", round(result.steps / result.generation_seconds, 3))
+        for name, seconds in result.timings.items():
+            self.record_metric(name, round(seconds, 4))
         log.info("prediction done in %.2f s: %s", time.perf_counter() - started, ", ".join(map(str, paths)))
         return [Path(path) for path in paths]
 

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from adetailer.args import ADetailerArgs
 from adetailer.detection import Detector
@@ -69,6 +69,7 @@ def inpaint_pipeline(model: LoadedModel) -> Any:
 
 
 def inpaint_settings(args: ADetailerArgs, prompt: str, negative_prompt: str, preset: EffectiveSettings, native: int) -> InpaintSettings:
+    """The extension's rules: empty ``ad_*`` values fall back to the main request's."""
     steps = args.ad_steps or preset.num_inference_steps
     # img2img runs int(steps * strength) steps; never let that round down to zero.
     steps = max(steps, math.ceil(1 / args.ad_denoising_strength))
@@ -88,12 +89,13 @@ def run_adetailer(
     model: LoadedModel,
     images: list[Any],
     args: ADetailerArgs,
-    prompt: str,
+    prompts: Sequence[str],
     negative_prompt: str,
     preset: EffectiveSettings,
     seed: int,
 ) -> list[Any]:
-    """Apply each requested pass to each image; images without detections come back unchanged."""
+    """Apply each requested pass to each image (``prompts[i]`` made image ``i``); images without
+    detections come back unchanged."""
     if args.need_skip():
         return images
     if args.ad_denoising_strength == 0:
@@ -102,9 +104,9 @@ def run_adetailer(
     pipe = inpaint_pipeline(model)
     unet_config = model.pipe.unet.config
     native = unet_config.sample_size * model.pipe.vae_scale_factor
-    settings = inpaint_settings(args, prompt, negative_prompt, preset, native)
     fixed = []
     for index, image in enumerate(images):
+        settings = inpaint_settings(args, prompts[index], negative_prompt, preset, native)
         for pass_name in args.passes():
             image = _run_pass(pass_name, pipe, image, args, settings, seed + index)
         fixed.append(image)

@@ -8,6 +8,8 @@ reads the same way: the field, the value, and what is allowed.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -44,6 +46,8 @@ class FieldSpec:
             return "allowed: " + ", ".join(self.choices)
         if self.kind is bool:
             return "allowed: true or false"
+        if self.kind is Path:
+            return "allowed: an image file or URL" + (", or empty" if self.optional else "")
         parts = []
         if self.kind is str:
             parts.append(f"a string of at most {self.max_length} characters")
@@ -71,6 +75,11 @@ def coerce_field(name: str, spec: FieldSpec, value: Any) -> Any:
         if not isinstance(value, bool):
             raise InputError(name, value, spec.rule())
         return value
+    if spec.kind is Path:
+        # Cog delivers file inputs as local paths; their content is checked by whoever reads them.
+        if not isinstance(value, (str, os.PathLike)):
+            raise InputError(name, value, spec.rule())
+        return Path(value)
     if spec.kind is str:
         if not isinstance(value, str):
             raise InputError(name, value, "expected a string; " + spec.rule())

@@ -1,4 +1,4 @@
-"""Text-to-image generation: one request in, PIL images and timings out."""
+"""Text-to-image generation: one batch of prompts in, PIL images and timings out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from pipeline.progress import StepProgress
 from pipeline.request import GenerationRequest
@@ -20,9 +20,22 @@ MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Prompts denoised together. Image ``i`` of the batch (prompt-major) uses ``first_seed + i``."""
+
+    prompts: Sequence[str]
+    images_per_prompt: int
+    first_seed: int
+    label: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts) * self.images_per_prompt
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     images: list[Any]
-    seed: int
     seconds: float
     steps: int
 
@@ -30,12 +43,8 @@ class GenerationResult:
     def seconds_per_step(self) -> float:
         return self.seconds / max(self.steps, 1)
 
-    @property
-    def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds > 0 else 0.0
 
-
-def pick_seed(requested: int | None) -> int:
+def pick_seed(requested: Optional[int]) -> int:
     return requested if requested is not None else secrets.randbelow(MAX_SEED + 1)
 
 
@@ -47,33 +56,40 @@ def generators_for(seed: int, count: int) -> list[Any]:
     return [torch.Generator("cpu").manual_seed((seed + index) % (MAX_SEED + 1)) for index in range(count)]
 
 
-def generate(model: LoadedModel, request: GenerationRequest, settings: EffectiveSettings) -> GenerationResult:
-    """Run the denoising loop for ``request`` with the merged preset ``settings``."""
+def generate(
+    model: LoadedModel,
+    batch: Batch,
+    request: GenerationRequest,
+    settings: EffectiveSettings,
+    ip_adapter_embeds: Optional[list[Any]] = None,
+) -> GenerationResult:
+    """Run the denoising loop for ``batch`` with the request's size and sampler and the merged preset."""
     import torch
 
-    seed = pick_seed(request.seed)
-    log.info("Using seed: %d", seed)
     pipe = model.pipe
     pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
     steps = settings.num_inference_steps
     log.info(
-        "generating %d image(s) %dx%d with %s, %s",
-        request.num_outputs, request.width, request.height, request.scheduler, settings.describe(),
+        "%sgenerating %d image(s) %dx%d with %s, %s",
+        f"{batch.label}: " if batch.label else "", batch.size, request.width, request.height,
+        request.scheduler, settings.describe(),
     )
+    negative = request.negative_prompt or None
     started = time.perf_counter()
     with torch.inference_mode():
         output = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
+            prompt=list(batch.prompts),
+            negative_prompt=[negative] * len(batch.prompts) if negative else None,
             width=request.width,
             height=request.height,
             num_inference_steps=steps,
             guidance_scale=settings.guidance_scale,
-            num_images_per_prompt=request.num_outputs,
-            generator=generators_for(seed, request.num_outputs),
-            callback_on_step_end=StepProgress(steps),
+            num_images_per_prompt=batch.images_per_prompt,
+            generator=generators_for(batch.first_seed, batch.size),
+            ip_adapter_image_embeds=ip_adapter_embeds,
+            callback_on_step_end=StepProgress(steps, batch.label),
         )
     seconds = time.perf_counter() - started
-    result = GenerationResult(images=list(output.images), seed=seed, seconds=seconds, steps=steps)
-    log.info("generated in %.2f s (%.3f s/step)", seconds, result.seconds_per_step)
+    result = GenerationResult(images=list(output.images), seconds=seconds, steps=steps)
+    log.info("%sgenerated in %.2f s (%.3f s/step)", f"{batch.label}: " if batch.label else "", seconds, result.seconds_per_step)
     return result

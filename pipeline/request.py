@@ -8,10 +8,12 @@ everything itself, from the same table ``predict.py`` uses to declare its inputs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pipeline.fields import FieldSpec, InputError, validate_fields
 from pipeline.schedulers import SCHEDULER_NAMES
+from pipeline.storyboard import MAX_SCENES, parse_scenes
 from presets import PRESET_NAMES
 
 __all__ = ["ASPECT_RATIOS", "FIELDS", "GenerationRequest", "InputError", "parse_request"]
@@ -35,7 +37,10 @@ OUTPUT_FORMATS: tuple[str, ...] = ("webp", "jpg", "png")
 
 
 FIELDS: Mapping[str, FieldSpec] = {
-    "prompt": FieldSpec(str, max_length=10_000, description="What to generate."),
+    "prompt": FieldSpec(
+        str, default="", max_length=10_000,
+        description="What to generate. With scenes: a style added to every scene (may be empty).",
+    ),
     "negative_prompt": FieldSpec(
         str, default="", max_length=10_000, description="What to steer away from."
     ),
@@ -82,6 +87,22 @@ FIELDS: Mapping[str, FieldSpec] = {
         int, default=80, minimum=1, maximum=100,
         description="Quality for webp and jpg (1-100). Ignored for png.",
     ),
+    "face_image": FieldSpec(
+        Path, optional=True,
+        description="Reference face: keeps this identity in every image (IP-Adapter). Empty: none.",
+    ),
+    "ip_adapter_scale": FieldSpec(
+        float, minimum=0.0, maximum=1.5, optional=True,
+        description="How strongly face_image steers the image. Empty: from the preset.",
+    ),
+    "scenes": FieldSpec(
+        str, default="", max_length=12_000,
+        description=f"Storyboard: one scene per line, up to {MAX_SCENES}. Returns one image per scene and a contact sheet.",
+    ),
+    "character": FieldSpec(
+        str, default="", max_length=2_000,
+        description="Storyboard: the character description, put first in every scene's prompt.",
+    ),
 }
 
 
@@ -101,6 +122,10 @@ class GenerationRequest:
     scheduler: str
     output_format: str
     output_quality: int
+    face_image: Optional[Path]
+    ip_adapter_scale: Optional[float]
+    scenes: tuple[str, ...]
+    character: str
 
 
 def _size(aspect_ratio: str, width: Optional[int], height: Optional[int]) -> tuple[int, int]:
@@ -123,7 +148,14 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     kind of bug this service exists to avoid.
     """
     values = validate_fields(raw, FIELDS)
-    if not values["prompt"].strip():
-        raise InputError("prompt", values["prompt"], "must not be empty")
+    values["scenes"] = tuple(parse_scenes(values["scenes"]))
+    if not values["prompt"].strip() and not values["scenes"]:
+        raise InputError("prompt", values["prompt"], "must not be empty (or give scenes)")
+    if values["character"].strip() and not values["scenes"]:
+        raise InputError("character", values["character"], "only applies with scenes")
+    if values["ip_adapter_scale"] is not None and values["face_image"] is None:
+        raise InputError("ip_adapter_scale", values["ip_adapter_scale"], "only applies with face_image")
+    if values["scenes"] and values["num_outputs"] != 1:
+        raise InputError("num_outputs", values["num_outputs"], "must be 1 with scenes (one image per scene)")
     width, height = _size(values.pop("aspect_ratio"), values.pop("width"), values.pop("height"))
     return GenerationRequest(width=width, height=height, **values)

@@ -53,7 +53,7 @@ def main() -> None:
 
     from adetailer.args import parse_adetailer_args
     from adetailer.runner import detector_for, run_adetailer
-    from pipeline.generate import generate
+    from pipeline.generate import Batch, generate
     from pipeline.request import parse_request
     from presets import resolve
     from startup.chain import run_startup
@@ -67,8 +67,8 @@ def main() -> None:
     ad_args = parse_adetailer_args({"adetailer": True})
     found = detector_for("face").detect(portrait, ad_args.ad_confidence)
 
-    generation = timed(lambda: generate(model, request, settings), args.runs, sync)
-    face_pass = timed(lambda: run_adetailer(model, [portrait], ad_args, request.prompt, "", settings, 1), args.runs, sync)
+    generation = timed(lambda: generate(model, Batch([request.prompt], 1, 1), request, settings), args.runs, sync)
+    face_pass = timed(lambda: run_adetailer(model, [portrait], ad_args, [request.prompt], "", settings, 1), args.runs, sync)
     gen_median, face_median = statistics.median(generation), statistics.median(face_pass)
     result = {
         "device": torch.cuda.get_device_name() if service.backend.device == "cuda" else service.backend.device,

@@ -29,6 +29,14 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ip_adapter_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random IP-Adapter files (both variants, both encoders) in h94's folder layout."""
+    from scripts.make_ip_adapter import build_ip_adapter
+
+    return build_ip_adapter(tmp_path_factory.mktemp("weights") / "ip-adapter", "tiny")
+
+
+@pytest.fixture(scope="session")
 def predictor(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     os.environ["STARTUP_TIMINGS_PATH"] = str(tmp_path_factory.mktemp("timings") / "startup.json")
     from predict import Predictor
@@ -91,12 +99,12 @@ class CogServer:
 
 
 @pytest.fixture(scope="session")
-def cog_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
+def cog_server(tiny_weights: Path, ip_adapter_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
     """The real coglet server, started as a user would (scripts/serve.py), with the flags the
     hosted server passes, which the predictor must filter."""
     workdir = tmp_path_factory.mktemp("server")
     port = free_port()
-    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"))
+    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"), IP_ADAPTER_WEIGHTS=str(ip_adapter_weights))
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

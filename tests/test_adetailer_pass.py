@@ -46,7 +46,7 @@ def test_face_pass_changes_pixels_inside_the_mask_and_none_outside(predictor, as
     model = predictor.service.model
     options = ad(ad_confidence=0.5)
     with caplog.at_level(logging.INFO):
-        (fixed,) = run_adetailer(model, [astronaut], options, "an astronaut", "", resolve("sdxl", "balanced"), seed=1)
+        (fixed,) = run_adetailer(model, [astronaut], options, ["an astronaut"], "", resolve("sdxl", "balanced"), seed=1)
     assert fixed.size == astronaut.size
     found = detector_for("face").detect(astronaut, 0.5)
     assert len(found) == 1
@@ -62,7 +62,7 @@ def test_face_pass_changes_pixels_inside_the_mask_and_none_outside(predictor, as
 def test_no_detection_leaves_the_image_unchanged_and_says_so(predictor, caplog) -> None:
     grey = Image.new("RGB", (256, 256), (128, 128, 128))
     with caplog.at_level(logging.INFO):
-        (same,) = run_adetailer(predictor.service.model, [grey], ad(adetailer_hands=True), "x", "", resolve("sdxl", "fast"), seed=1)
+        (same,) = run_adetailer(predictor.service.model, [grey], ad(adetailer_hands=True), ["x"], "", resolve("sdxl", "fast"), seed=1)
     assert np.array_equal(np.asarray(same), np.asarray(grey))
     assert "ADetailer face: nothing detected" in caplog.text and "ADetailer hands: nothing detected" in caplog.text
 
@@ -72,7 +72,7 @@ def test_hands_pass_runs(predictor, caplog) -> None:
 
     photo = Image.open(ASSETS / "zidane.jpg").convert("RGB")
     with caplog.at_level(logging.INFO):
-        (out,) = run_adetailer(predictor.service.model, [photo], ad(adetailer_face=False, adetailer_hands=True), "two men", "", resolve("sdxl", "fast"), seed=2)
+        (out,) = run_adetailer(predictor.service.model, [photo], ad(adetailer_face=False, adetailer_hands=True), ["two men"], "", resolve("sdxl", "fast"), seed=2)
     assert out.size == photo.size
     assert "ADetailer hands: " in caplog.text
 

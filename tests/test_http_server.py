@@ -81,3 +81,30 @@ def test_adetailer_over_http(cog_server) -> None:
     assert decode(on["output"][0]).size == (64, 64)
     bad = cog_server.predict(**inputs, adetailer=True, ad_denoising_strength=3)
     assert bad["status"] == "failed" and "ad_denoising_strength=3" in bad["error"]
+
+
+def data_url(path: Path, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_storyboard_and_face_image_over_http(cog_server, tmp_path: Path) -> None:
+    from skimage import data
+
+    face = tmp_path / "face.png"
+    Image.fromarray(data.astronaut()).resize((128, 128)).save(face)
+    response = cog_server.predict(
+        prompt="watercolour", scenes="a harbour at dawn\na busy market\na ship at sea", character="a sailor",
+        face_image=data_url(face, "image/png"), width=64, height=64, num_inference_steps=2, seed=3, output_format="png",
+    )
+    assert response["status"] == "succeeded", response
+    images = [decode(url) for url in response["output"]]
+    assert [image.size for image in images[:3]] == [(64, 64)] * 3 and len(images) == 4
+    assert images[3].width > 64  # the contact sheet
+    assert "storyboard: 3 scenes in " in response["logs"] and "identity from face_image" in response["logs"]
+    assert response["metrics"]["seconds_per_scene"] > 0
+
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    bad = cog_server.predict(prompt="x", face_image=data_url(junk, "image/png"), width=64, height=64)
+    assert bad["status"] == "failed" and "face_image" in bad["error"]
+    assert cog_server.predict(prompt="x", width=64, height=64, num_inference_steps=2)["status"] == "succeeded"

@@ -55,9 +55,27 @@ def test_bad_values_name_field_value_and_rule(field: str, value: object, words: 
     assert words in message
 
 
-def test_missing_prompt_is_required() -> None:
-    with pytest.raises(InputError, match="prompt.*required"):
+def test_missing_prompt_is_required_without_scenes() -> None:
+    with pytest.raises(InputError, match="prompt.*must not be empty"):
         parse_request({})
+    assert parse_request({"scenes": "a harbour\n\n a market "}).scenes == ("a harbour", "a market")
+
+
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        ({"scenes": "\n".join(f"scene {i}" for i in range(13))}, "scenes", "at most 12 scenes"),
+        ({"scenes": "a", "num_outputs": 2}, "num_outputs", "must be 1 with scenes"),
+        ({"character": "a tall woman"}, "character", "only applies with scenes"),
+        ({"ip_adapter_scale": 0.5}, "ip_adapter_scale", "only applies with face_image"),
+        ({"ip_adapter_scale": 2.0, "face_image": "/x.png"}, "ip_adapter_scale", "from 0 to 1.5"),
+        ({"face_image": 7}, "face_image", "an image file"),
+    ],
+)
+def test_identity_and_storyboard_rules(overrides: dict, field: str, words: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_request(raw(**overrides))
+    assert caught.value.field == field and words in str(caught.value)
 
 
 def test_unknown_input_is_refused_not_ignored() -> None:

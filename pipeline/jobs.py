@@ -1,0 +1,101 @@
+"""One request from validated inputs to finished images: identity, generation (single or
+storyboard), then the ADetailer pass. ``predict.py`` calls only this."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from adetailer.args import ADetailerArgs
+from pipeline.generate import Batch, generate, pick_seed
+from pipeline.request import GenerationRequest
+from pipeline.sdxl_loader import LoadedModel
+from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
+from presets import EffectiveSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobResult:
+    images: list[Any]
+    prompts: list[str]  # the prompt that made each image
+    seed: int
+    generation_seconds: float
+    steps: int
+    sheet: Optional[Any] = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _free_gpu_bytes(device: str) -> Optional[int]:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.mem_get_info()[0]
+
+
+def run_job(
+    model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, ad_args: ADetailerArgs
+) -> JobResult:
+    seed = pick_seed(request.seed)
+    log.info("Using seed: %d", seed)
+    adapter = None
+    embeds_for = lambda size: None  # noqa: E731
+    if request.face_image is not None and settings.ip_adapter_scale > 0:
+        from pipeline.ip_adapter import load_adapter
+        from pipeline.reference_image import load_reference_image
+
+        reference = load_reference_image(request.face_image)
+        adapter = load_adapter(model)
+        guidance = settings.guidance_scale > 1
+        embeds_for = lambda size: adapter.image_embeds(reference, size, guidance)  # noqa: E731
+        log.info("IP-Adapter %s: identity from face_image at scale %s", adapter.variant, settings.ip_adapter_scale)
+    elif request.face_image is not None:
+        log.info("ip_adapter_scale is 0: face_image not used")
+
+    started = time.perf_counter()
+    try:
+        if adapter is not None:
+            adapter.activate(settings.ip_adapter_scale)
+        if request.scenes:
+            prompts = scene_prompts(request.scenes, request.character, request.prompt)
+            images = _storyboard(model, device, request, settings, prompts, seed, embeds_for)
+        else:
+            prompts = [request.prompt] * request.num_outputs
+            batch = Batch([request.prompt], request.num_outputs, seed)
+            images = generate(model, batch, request, settings, embeds_for(batch.size)).images
+    finally:
+        if adapter is not None:
+            adapter.deactivate()
+    generation_seconds = time.perf_counter() - started
+    result = JobResult(images, prompts, seed, generation_seconds, settings.num_inference_steps)
+
+    if not ad_args.need_skip():
+        from adetailer.runner import run_adetailer  # imported only when asked for
+
+        ad_started = time.perf_counter()
+        result.images = run_adetailer(model, result.images, ad_args, prompts, request.negative_prompt, settings, seed)
+        result.timings["adetailer_seconds"] = time.perf_counter() - ad_started
+    if request.scenes:
+        result.sheet = contact_sheet(result.images)
+    return result
+
+
+def _storyboard(
+    model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings,
+    prompts: list[str], seed: int, embeds_for: Any,
+) -> list[Any]:
+    """Scene ``i`` uses ``seed + i`` (as image ``i`` of any batch does), so a scene can be redone alone."""
+    size = storyboard_batch_size(device, _free_gpu_bytes(device), request.width, request.height, len(prompts))
+    log.info("storyboard: %d scenes in batches of %d", len(prompts), size)
+    started = time.perf_counter()
+    images: list[Any] = []
+    for chunk in batches(len(prompts), size):
+        label = f"scene {chunk.start + 1}" if len(chunk) == 1 else f"scenes {chunk.start + 1}-{chunk.stop}"
+        batch = Batch([prompts[i] for i in chunk], 1, seed + chunk.start, label)
+        images += generate(model, batch, request, settings, embeds_for(batch.size)).images
+    log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
+    return images

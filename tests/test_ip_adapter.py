@@ -1,0 +1,101 @@
+"""Identity lock through the predictor: tiny SDXL plus tiny IP-Adapter in h94's real key layout."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.fields import InputError
+from tests.conftest import predict_inputs
+
+
+@pytest.fixture
+def adapter_env(ip_adapter_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(ip_adapter_weights))
+    return ip_adapter_weights
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("faces") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+def pixels(outputs: list) -> np.ndarray:
+    return np.asarray(Image.open(outputs[0]))
+
+
+def test_reference_face_changes_the_image_and_absence_changes_nothing(predictor, adapter_env, face, caplog) -> None:
+    baseline = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png")))
+    with caplog.at_level(logging.INFO):
+        with_face = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png", face_image=str(face))))
+    assert not np.array_equal(baseline, with_face)
+    assert "IP-Adapter plus-face: identity from face_image at scale 0.65" in caplog.text
+    # the adapter is now loaded; a request without face_image is pixel-identical to before it was
+    after = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png")))
+    assert np.array_equal(baseline, after)
+
+
+def test_scale_zero_equals_no_adapter(predictor, adapter_env, face) -> None:
+    baseline = pixels(predictor.predict(**predict_inputs(seed=41, output_format="png")))
+    zero = pixels(predictor.predict(**predict_inputs(seed=41, output_format="png", face_image=str(face), ip_adapter_scale=0.0)))
+    assert np.array_equal(baseline, zero)
+
+
+def test_preset_scale_and_override(predictor, adapter_env, face, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        predictor.predict(**predict_inputs(preset="quality", num_inference_steps=2, face_image=str(face)))
+        predictor.predict(**predict_inputs(face_image=str(face), ip_adapter_scale=1.2))
+    assert "at scale 0.8" in caplog.text and "at scale 1.2" in caplog.text
+
+
+def test_embedding_is_computed_once_per_distinct_image(predictor, adapter_env, face, tmp_path, caplog) -> None:
+    copy = tmp_path / "same-face.webp"
+    Image.open(face).save(copy, lossless=True)  # same pixels, another file and format
+    with caplog.at_level(logging.INFO):
+        predictor.predict(**predict_inputs(face_image=str(face)))
+        predictor.predict(**predict_inputs(face_image=str(copy)))
+    assert "reference image embedding cache hit" in caplog.text
+
+
+def test_bad_face_image_is_refused_and_service_keeps_working(predictor, adapter_env, tmp_path) -> None:
+    junk = tmp_path / "face.jpg"
+    junk.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(InputError) as caught:
+        predictor.predict(**predict_inputs(face_image=str(junk)))
+    assert caught.value.field == "face_image"
+    assert predictor.predict(**predict_inputs())
+
+
+def test_plain_variant(predictor, ip_adapter_weights, face, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(ip_adapter_weights))
+    monkeypatch.setenv("IP_ADAPTER_VARIANT", "plain")
+    baseline = pixels(predictor.predict(**predict_inputs(seed=42, output_format="png")))
+    with caplog.at_level(logging.INFO):
+        plain = pixels(predictor.predict(**predict_inputs(seed=42, output_format="png", face_image=str(face))))
+    assert "IP-Adapter plain" in caplog.text and not np.array_equal(baseline, plain)
+    assert np.array_equal(baseline, pixels(predictor.predict(**predict_inputs(seed=42, output_format="png"))))
+
+
+def test_missing_adapter_weights_say_where_they_were_expected(predictor, face, tmp_path, monkeypatch) -> None:
+    from pipeline.ip_adapter import IPAdapterUnavailable
+
+    monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(tmp_path / "nothing-here"))
+    with pytest.raises(IPAdapterUnavailable, match="nothing-here.*ip-adapter-plus-face_sdxl_vit-h.safetensors"):
+        predictor.predict(**predict_inputs(face_image=str(face)))
+    assert predictor.predict(**predict_inputs())
+
+
+def test_storyboard_with_one_identity(predictor, adapter_env, face, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        outputs = predictor.predict(**predict_inputs(
+            prompt="", scenes="waking up\ncooking breakfast", character="a woman with short hair",
+            face_image=str(face), output_format="png",
+        ))
+    assert [Path(p).name for p in outputs] == ["scene-01.png", "scene-02.png", "contact-sheet.png"]
+    assert caplog.text.count("IP-Adapter plus-face: identity from face_image") == 1
