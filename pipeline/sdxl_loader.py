@@ -34,10 +34,14 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
     """Build the SDXL pipeline from ``source`` in the backend's precision and move it to its device."""
     from diffusers import StableDiffusionXLPipeline
 
+    # On CUDA, device_map places each tensor on the GPU as it is read, instead of building the
+    # model in host memory and copying it afterwards (single files are converted on the host first).
+    device_map = backend.device if backend.device == "cuda" and source.layout == "diffusers" else None
     try:
         if source.layout == "diffusers":
             pipe = StableDiffusionXLPipeline.from_pretrained(
-                str(source.path), dtype=backend.dtype, use_safetensors=True, local_files_only=True
+                str(source.path), dtype=backend.dtype, use_safetensors=True, local_files_only=True,
+                device_map=device_map,
             )
         else:
             pipe = StableDiffusionXLPipeline.from_single_file(
@@ -50,7 +54,8 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
         raise WeightsError(
             f"could not load SDXL from {source.path} ({source.layout} layout): {error}"
         ) from error
-    pipe.to(backend.device)
+    if device_map is None:
+        pipe.to(backend.device)
     pipe.set_progress_bar_config(disable=True)  # per-step progress is logged by the generator
     return LoadedModel(
         family="sdxl",

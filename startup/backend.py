@@ -6,6 +6,7 @@ Kept separate from model loading so a benchmark or test can see the exact settin
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -73,3 +74,20 @@ def configure_backend(packages: Mapping[str, Optional[str]]) -> Backend:
     )
     log.info(backend.describe())
     return backend
+
+
+def start_device_init(backend: Backend) -> threading.Thread:
+    """Create the CUDA context in the background (hundreds of ms) while imports and file reads run.
+
+    On other devices the thread has nothing to do; callers join it either way.
+    """
+
+    def init() -> None:
+        if backend.device == "cuda":
+            import torch
+
+            torch.empty(1, device="cuda")
+
+    thread = threading.Thread(target=init, name="device-init", daemon=True)
+    thread.start()
+    return thread

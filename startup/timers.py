@@ -40,7 +40,8 @@ class StageTimer:
             self.stages.append((name, seconds))
             print(f"[Timer: {name}]: {seconds:.3f} seconds", file=sys.stderr, flush=True)
 
-    def finish(self, completed: bool = True) -> dict:
+    def finish(self, completed: bool = True, **context: object) -> dict:
+        """Print the total and write the record; ``context`` (device, weights...) goes in as is."""
         total = time.perf_counter() - self._started
         print(f"[Timer: total]: {total:.3f} seconds", file=sys.stderr, flush=True)
         record = {
@@ -49,6 +50,7 @@ class StageTimer:
             "completed": completed,
             "pid": os.getpid(),
             "finished_at_unix": time.time(),
+            **context,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

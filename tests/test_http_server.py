@@ -10,7 +10,9 @@ from PIL import Image
 
 from tests.conftest import http_json
 
-STAGES = ("argv_filter", "install_guard", "backend", "imports", "weights", "load", "total")
+from startup.chain import STAGES as CHAIN_STAGES
+
+STAGES = CHAIN_STAGES + ("total",)
 
 
 def decode(data_url: str) -> Image.Image:

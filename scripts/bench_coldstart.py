@@ -1,0 +1,222 @@
+"""Cold start, measured from outside in fresh processes: process start -> Cog health-check READY.
+
+For each page-cache state (warm, and dropped for the weight files) and --runs times, it measures:
+  * the floor: ``python -c "import torch"``;
+  * the service: ``scripts/serve.py`` (the real Cog HTTP server) from spawn to READY, plus every
+    ``[Timer: stage]`` from the service's timings JSON;
+  * plain diffusers: ``from_pretrained`` + ``.to(device)`` in a fresh process;
+  * the time to read the weight bytes from disk with the cache dropped.
+It prints a markdown table with medians and ratios and writes JSON and the table to --out.
+
+GPU (full-size random SDXL):
+    python scripts/bench_coldstart.py --weights weights/sdxl-full --build full
+CI (tiny weights on the CPU; checks every stage reported and the chain completed, never a time):
+    python scripts/bench_coldstart.py --ci
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from startup.chain import STAGES  # noqa: E402
+from startup.prefetch import weight_files  # noqa: E402
+
+READY_TIMEOUT_S = 600.0
+
+
+def drop_page_cache(files: list[Path]) -> None:
+    """Evict the weight files, and only them, from the page cache.
+
+    Only the weights: the targets compare against an ``import torch`` floor measured with the
+    libraries cached, and dropping every cache (``/proc/sys/vm/drop_caches``) would slow the
+    imports too and hide what the weights cost. ``fadvise`` needs no privilege.
+    """
+    subprocess.run(["sync"], check=False)
+    for path in files:
+        with path.open("rb") as handle:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def wall(command: list[str], env: Optional[dict] = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def read_seconds(files: list[Path]) -> float:
+    started = time.perf_counter()
+    buffer = bytearray(16 * 1024 * 1024)
+    for path in files:
+        with path.open("rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+    return time.perf_counter() - started
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_to_ready(weights: Path, workdir: Path) -> dict[str, Any]:
+    """Spawn the real server and time it to READY; return that and the service's own stage record."""
+    port = free_port()
+    timings = workdir / f"startup-{port}.json"
+    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(timings))
+    log = (workdir / f"server-{port}.log").open("wb")
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "serve.py"), "--port", str(port), "--weights", str(weights),
+         "--await-explicit-shutdown", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health-check", timeout=2) as response:
+                    status = json.loads(response.read())["status"]
+            except OSError:
+                status = "DOWN"
+            if status == "READY":
+                ready = time.perf_counter() - started
+                break
+            if status == "SETUP_FAILED" or process.poll() is not None:
+                raise RuntimeError(f"service failed to start; see {log.name}")
+            if time.perf_counter() - started > READY_TIMEOUT_S:
+                raise TimeoutError(f"not READY after {READY_TIMEOUT_S} s; see {log.name}")
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        log.close()
+    return {"ready_s": ready, "record": json.loads(timings.read_text())}
+
+
+def plain_diffusers_seconds(weights: Path) -> float:
+    code = (
+        "import torch\n"
+        "from diffusers import StableDiffusionXLPipeline\n"
+        "cuda = torch.cuda.is_available()\n"
+        f"pipe = StableDiffusionXLPipeline.from_pretrained({str(weights)!r}, local_files_only=True,"
+        " dtype=torch.float16 if cuda else torch.float32)\n"
+        "pipe.to('cuda' if cuda else 'cpu')\n"
+        "torch.cuda.synchronize() if cuda else None\n"
+    )
+    return wall([sys.executable, "-c", code])
+
+
+def measure(weights: Path, cache: str, runs: int, workdir: Path) -> dict[str, Any]:
+    files = weight_files(weights)
+    rows: dict[str, list[float]] = {"import_torch_s": [], "service_ready_s": [], "plain_diffusers_s": [], "weights_read_s": []}
+    stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    records = []
+    for _ in range(runs):
+        rows["import_torch_s"].append(wall([sys.executable, "-c", "import torch"]))
+        if cache == "dropped":
+            drop_page_cache(files)
+            rows["weights_read_s"].append(read_seconds(files))
+            drop_page_cache(files)
+        result = service_to_ready(weights, workdir)
+        rows["service_ready_s"].append(result["ready_s"])
+        records.append(result["record"])
+        for stage in result["record"]["stages"]:
+            stages.setdefault(stage["name"], []).append(stage["seconds"])
+        if cache == "dropped":
+            drop_page_cache(files)
+        rows["plain_diffusers_s"].append(plain_diffusers_seconds(weights))
+    medians = {key: statistics.median(values) for key, values in rows.items() if values}
+    return {
+        "cache": cache, "runs": runs, "medians": medians, "all": rows,
+        "stage_medians": {name: statistics.median(v) for name, v in stages.items() if v},
+        "records": records, "weight_bytes": sum(f.stat().st_size for f in files),
+    }
+
+
+def markdown(results: list[dict[str, Any]], device: str) -> str:
+    lines = [f"Device: {device}. Medians of fresh processes; seconds.", "",
+             "| page cache | `import torch` | service to READY | READY − floor | plain diffusers | service / plain | weight read (cold) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for result in results:
+        m = result["medians"]
+        read = f"{m['weights_read_s']:.2f}" if "weights_read_s" in m else "–"
+        lines.append(
+            f"| {result['cache']} | {m['import_torch_s']:.2f} | {m['service_ready_s']:.2f} | "
+            f"{m['service_ready_s'] - m['import_torch_s']:.2f} | {m['plain_diffusers_s']:.2f} | "
+            f"{m['service_ready_s'] / m['plain_diffusers_s']:.2f} | {read} |"
+        )
+    lines += ["", "| stage | " + " | ".join(r["cache"] for r in results) + " |", "| --- |" + " --- |" * len(results)]
+    for name in STAGES:
+        lines.append(f"| {name} | " + " | ".join(f"{r['stage_medians'].get(name, float('nan')):.3f}" for r in results) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def check_chain(results: list[dict[str, Any]]) -> list[str]:
+    """What CI asserts: every run completed and reported every stage. Never a time."""
+    problems = []
+    for result in results:
+        for record in result["records"]:
+            names = [stage["name"] for stage in record["stages"]]
+            if names != list(STAGES):
+                problems.append(f"{result['cache']}: stages {names}, expected {list(STAGES)}")
+            if not record.get("completed"):
+                problems.append(f"{result['cache']}: chain did not complete")
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, help="a diffusers SDXL folder")
+    parser.add_argument("--build", choices=["tiny", "full"], help="build random weights at --weights if missing")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cache", choices=["warm", "dropped", "both"], default="both")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
+    parser.add_argument("--ci", action="store_true", help="tiny weights, one run per cache state, check the chain")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="coldstart-"))
+    if args.ci:
+        args.weights, args.build, args.runs = workdir / "sdxl-tiny", "tiny", 1
+    if args.weights is None:
+        parser.error("--weights is required (or --ci)")
+    if args.build and not (args.weights / "model_index.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_weights.py"), "--size", args.build,
+                        "--out", str(args.weights)], check=True, cwd=ROOT)
+    caches = ["warm", "dropped"] if args.cache == "both" else [args.cache]
+    results = [measure(args.weights, cache, args.runs, workdir) for cache in caches]
+    device = results[0]["records"][0].get("device", "?")
+    if device == "cuda":
+        import torch
+
+        device = torch.cuda.get_device_name()
+    table = markdown(results, device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "coldstart.json").write_text(json.dumps({"device": device, "weights": str(args.weights), "results": results}, indent=2))
+    (args.out / "coldstart.md").write_text(table)
+    print(table)
+    print(f"wrote {args.out / 'coldstart.json'} and {args.out / 'coldstart.md'}")
+    problems = check_chain(results)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    print(f"cold-start chain: {len(STAGES)} stages reported and completed in every run")
+
+
+if __name__ == "__main__":
+    main()
