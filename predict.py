@@ -17,8 +17,9 @@ from cog import BasePredictor, Input, Path
 from adetailer.args import AD_FIELDS, parse_adetailer_args
 from pipeline.fields import FieldSpec
 from pipeline.jobs import run_job
+from pipeline.loading import select_model
 from pipeline.outputs import save_images
-from pipeline.request import FIELDS, parse_request
+from pipeline.request import FIELDS, check_model_options, parse_request
 from presets import resolve
 from startup.chain import ReadyService, run_startup
 
@@ -56,6 +57,7 @@ class Predictor(BasePredictor):
     def predict(
         self,
         prompt: str = field("prompt"),
+        model: Optional[str] = field("model"),
         negative_prompt: str = field("negative_prompt"),
         preset: str = field("preset"),
         num_inference_steps: Optional[int] = field("num_inference_steps"),
@@ -93,10 +95,13 @@ class Predictor(BasePredictor):
         started = time.perf_counter()
         request = parse_request({name: raw[name] for name in FIELDS})
         ad_args = parse_adetailer_args({name: raw[name] for name in AD_FIELDS})
+        service = self.service
+        model = select_model(request.model, service.default_source, service.available, service.backend)
+        check_model_options(request, model.spec, adetailer=not ad_args.need_skip())
         settings = resolve(
-            "sdxl", request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
+            model.family, request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
         )
-        result = run_job(self.service.model, self.service.backend.device, request, settings, ad_args)
+        result = run_job(model, service.backend.device, request, settings, ad_args)
         images, names = result.images, None
         if result.sheet is not None:
             images = images + [result.sheet]

@@ -19,7 +19,7 @@ from adetailer.inpaint import InpaintSettings, inpaint_region
 from adetailer.mask import dilate_erode, filter_by_ratio, filter_k_largest
 from pipeline.generate import generators_for
 from pipeline.model_cache import MODEL_CACHE
-from pipeline.sdxl_loader import LoadedModel
+from pipeline.loading import LoadedModel
 from presets import EffectiveSettings
 
 log = logging.getLogger(__name__)

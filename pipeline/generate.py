@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 from pipeline.progress import StepProgress
 from pipeline.request import GenerationRequest
 from pipeline.schedulers import make_scheduler
-from pipeline.sdxl_loader import LoadedModel
+from pipeline.loading import LoadedModel
 from presets import EffectiveSettings
 
 log = logging.getLogger(__name__)
@@ -67,27 +67,31 @@ def generate(
     import torch
 
     pipe = model.pipe
-    pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
+    if model.spec.schedulers:
+        pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
     steps = settings.num_inference_steps
     log.info(
-        "%sgenerating %d image(s) %dx%d with %s, %s",
-        f"{batch.label}: " if batch.label else "", batch.size, request.width, request.height,
-        request.scheduler, settings.describe(),
+        "%sgenerating %d image(s) %dx%d with %s (%s), %s",
+        f"{batch.label}: " if batch.label else "", batch.size, request.width, request.height, model.family,
+        request.scheduler if model.spec.schedulers else "flow-matching Euler", settings.describe(),
     )
-    negative = request.negative_prompt or None
+    options: dict[str, Any] = {}
+    if request.negative_prompt:  # only models that take one get here (pipeline.request checks)
+        options["negative_prompt"] = [request.negative_prompt] * len(batch.prompts)
+    if ip_adapter_embeds is not None:
+        options["ip_adapter_image_embeds"] = ip_adapter_embeds
     started = time.perf_counter()
     with torch.inference_mode():
         output = pipe(
             prompt=list(batch.prompts),
-            negative_prompt=[negative] * len(batch.prompts) if negative else None,
             width=request.width,
             height=request.height,
             num_inference_steps=steps,
             guidance_scale=settings.guidance_scale,
             num_images_per_prompt=batch.images_per_prompt,
             generator=generators_for(batch.first_seed, batch.size),
-            ip_adapter_image_embeds=ip_adapter_embeds,
             callback_on_step_end=StepProgress(steps, batch.label),
+            **options,
         )
     seconds = time.perf_counter() - started
     result = GenerationResult(images=list(output.images), seconds=seconds, steps=steps)

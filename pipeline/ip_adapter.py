@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from pipeline.model_cache import MODEL_CACHE
 from pipeline.reference_image import ReferenceImage
-from pipeline.sdxl_loader import LoadedModel
+from pipeline.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from adetailer.args import ADetailerArgs
 from pipeline.generate import Batch, generate, pick_seed
 from pipeline.request import GenerationRequest
-from pipeline.sdxl_loader import LoadedModel
+from pipeline.loading import LoadedModel
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from presets import EffectiveSettings
 

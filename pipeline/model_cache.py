@@ -1,11 +1,17 @@
-"""The one place loaded models live. A model asked for again is returned, never loaded twice."""
+"""The one place loaded models live. A model asked for again is returned, never loaded twice.
+
+Models stay resident together while memory allows; when a new model needs room, the least
+recently used ones are evicted (with everything built on them, such as their inpaint pipeline),
+and the log says so.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections import OrderedDict
+from typing import Any, Callable, Optional, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -13,21 +19,24 @@ T = TypeVar("T")
 
 
 class ModelCache:
-    """Loaded models keyed by model id (family plus resolved weights path)."""
+    """Loaded objects keyed by id (a model is ``family:path``; things built on it embed that id)."""
 
     def __init__(self) -> None:
-        self._models: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._models: "OrderedDict[str, Any]" = OrderedDict()  # least recently used first
+        self._sizes: dict[str, int] = {}
+        self._lock = threading.RLock()
 
-    def get_or_load(self, model_id: str, load: Callable[[], T]) -> T:
-        """Return the cached model for ``model_id``, calling ``load`` only the first time."""
+    def get_or_load(self, model_id: str, load: Callable[[], T], size_bytes: int = 0) -> T:
+        """Return the cached object for ``model_id``, calling ``load`` only the first time."""
         with self._lock:
             if model_id in self._models:
+                self._models.move_to_end(model_id)
                 log.info("model %s already loaded; reusing it", model_id)
                 return self._models[model_id]
             started = time.perf_counter()
             model = load()
             self._models[model_id] = model
+            self._sizes[model_id] = size_bytes
             log.info("model %s loaded in %.2f s", model_id, time.perf_counter() - started)
             return model
 
@@ -37,10 +46,46 @@ class ModelCache:
     def ids(self) -> list[str]:
         return list(self._models)
 
-    def evict(self, model_id: str) -> None:
-        """Drop a model so its memory can be reclaimed (used by tests and, later, LRU eviction)."""
+    def resident_bytes(self) -> int:
+        return sum(self._sizes.values())
+
+    def evict(self, model_id: str) -> list[str]:
+        """Drop ``model_id`` and every entry built on it; return what was dropped."""
         with self._lock:
-            self._models.pop(model_id, None)
+            dropped = [key for key in self._models if key == model_id or key.endswith(f":{model_id}")]
+            for key in dropped:
+                del self._models[key]
+                self._sizes.pop(key, None)
+            return dropped
+
+    def make_room(self, needed: int, free: Callable[[], int], keep: str, sized_only: bool = True) -> None:
+        """Evict least recently used models until ``needed`` bytes fit in ``free()``.
+
+        Only entries loaded with a size (whole models) are candidates; ``keep`` never is.
+        """
+        with self._lock:
+            while needed > free():
+                victims = [k for k in self._models if k != keep and (self._sizes.get(k) or not sized_only)]
+                if not victims:
+                    log.warning("model %s needs %.1f GB, %.1f GB free, nothing left to evict", keep, needed / 1e9, free() / 1e9)
+                    return
+                dropped = self.evict(victims[0])
+                log.info("evicted %s (least recently used) to make room for %s", ", ".join(dropped), keep)
+                release_memory()
+
+
+def release_memory() -> None:
+    """Return freed tensors' memory to the device now, so the next load sees it as free."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 MODEL_CACHE = ModelCache()

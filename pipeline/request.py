@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from pipeline.fields import FieldSpec, InputError, validate_fields
+from pipeline.models import MODEL_NAMES, ModelSpec
 from pipeline.schedulers import SCHEDULER_NAMES
 from pipeline.storyboard import MAX_SCENES, parse_scenes
 from presets import PRESET_NAMES
@@ -37,6 +38,10 @@ OUTPUT_FORMATS: tuple[str, ...] = ("webp", "jpg", "png")
 
 
 FIELDS: Mapping[str, FieldSpec] = {
+    "model": FieldSpec(
+        str, optional=True, choices=MODEL_NAMES,
+        description="Which model: sdxl, flux-dev or flux-schnell (those the operator has weights for). Empty: the operator's default.",
+    ),
     "prompt": FieldSpec(
         str, default="", max_length=10_000,
         description="What to generate. With scenes: a style added to every scene (may be empty).",
@@ -110,6 +115,7 @@ FIELDS: Mapping[str, FieldSpec] = {
 class GenerationRequest:
     """A fully validated request: every field has a legal value of the right type."""
 
+    model: Optional[str]
     prompt: str
     negative_prompt: str
     preset: str
@@ -159,3 +165,22 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
         raise InputError("num_outputs", values["num_outputs"], "must be 1 with scenes (one image per scene)")
     width, height = _size(values.pop("aspect_ratio"), values.pop("width"), values.pop("height"))
     return GenerationRequest(width=width, height=height, **values)
+
+
+def check_model_options(request: GenerationRequest, spec: ModelSpec, adetailer: bool) -> None:
+    """Refuse options the chosen model cannot honour, rather than half-apply them silently."""
+    if request.negative_prompt and not spec.negative_prompt:
+        raise InputError("negative_prompt", request.negative_prompt, f"not supported by {spec.name}; leave it empty")
+    if request.scheduler != FIELDS["scheduler"].default and not spec.schedulers:
+        raise InputError(
+            "scheduler", request.scheduler,
+            f"{spec.name} has one sampler (flow-matching Euler); leave scheduler at {FIELDS['scheduler'].default}",
+        )
+    if not spec.identity_and_adetailer:
+        if request.face_image is not None:
+            raise InputError("face_image", str(request.face_image), f"not supported with {spec.name} yet; use sdxl")
+        if adetailer:
+            raise InputError("adetailer", True, f"not supported with {spec.name} yet; use sdxl")
+    for name, value in (("width", request.width), ("height", request.height)):
+        if value % spec.size_multiple:
+            raise InputError(name, value, f"a multiple of {spec.size_multiple} for {spec.name}")

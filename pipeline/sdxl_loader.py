@@ -8,26 +8,16 @@ touches a model hub.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Optional
 
+from pipeline.loading import LoadedModel
 from startup.backend import Backend
 from startup.weights import WeightsError, WeightsSource
 
 log = logging.getLogger(__name__)
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "configs" / "sdxl"
-
-
-@dataclass
-class LoadedModel:
-    """A pipeline ready to generate, plus what a request needs to reset it between calls."""
-
-    family: str
-    pipe: Any
-    base_scheduler_config: Mapping[str, Any]
-    source: WeightsSource
 
 
 def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optional[Path] = None) -> LoadedModel:
@@ -58,7 +48,7 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
         pipe.to(backend.device)
     pipe.set_progress_bar_config(disable=True)  # per-step progress is logged by the generator
     return LoadedModel(
-        family="sdxl",
+        family=source.model,
         pipe=pipe,
         base_scheduler_config=dict(pipe.scheduler.config),
         source=source,

@@ -11,19 +11,20 @@ load on the first request that asks for them.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.model_cache import MODEL_CACHE
-from pipeline.sdxl_loader import LoadedModel, load_sdxl
+from pipeline.loading import LoadedModel, load_source
+from pipeline.models import DEFAULT_MODEL_ENV, MODELS, available_models
 from startup.backend import Backend, configure_backend, start_device_init
 from startup.cmdargs import filter_sys_argv
 from startup.install_guard import install_guard, package_report
 from startup.logs import configure_logging
 from startup.prefetch import start_prefetch
 from startup.timers import StageTimer
-from startup.weights import configured_weights, resolve_weights
+from startup.weights import WeightsSource, configured_weights, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,35 @@ STAGES: tuple[str, ...] = ("argv_filter", "install_guard", "prefetch", "backend"
 
 @dataclass(frozen=True)
 class ReadyService:
-    """What setup leaves behind for ``predict()``."""
+    """What setup leaves behind for ``predict()``: the default model loaded, the others on demand.
+
+    It keeps the default model's source, not the model: the model cache alone holds models, so an
+    evicted model's memory is really freed (and a later request loads it again).
+    """
 
     backend: Backend
-    model: LoadedModel
+    default_source: WeightsSource
     timings: dict
+    available: tuple[str, ...]  # models whose weights are configured; the default first
+
+    @property
+    def model(self) -> LoadedModel:
+        """The default model (from the cache; loaded again if it was evicted)."""
+        return load_source(self.default_source, self.backend)
 
 
-def import_pipeline_classes() -> None:
-    """Import the pipeline code now, so its cost shows as its own stage, and silence the loaders'
-    progress bars: in Cog's logs they are noise, and per-step progress is logged separately."""
-    import diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl  # noqa: F401
+PIPELINE_MODULES = {
+    "StableDiffusionXLPipeline": "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
+    "FluxPipeline": "diffusers.pipelines.flux.pipeline_flux",
+}
+
+
+def import_pipeline_classes(model: str) -> None:
+    """Import the default model's pipeline code now, so its cost shows as its own stage, and silence
+    the loaders' progress bars: in Cog's logs they are noise, and per-step progress is logged apart."""
+    import importlib
+
+    importlib.import_module(PIPELINE_MODULES[MODELS[model].pipeline_class])
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -67,23 +86,28 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
                 "install guard: run-time package installs blocked; %s",
                 ", ".join(f"{name} {version or 'not installed'}" for name, version in packages.items()),
             )
-        setting = configured_weights(weights)
+        default_model = os.environ.get(DEFAULT_MODEL_ENV) or "sdxl"
+        if default_model not in MODELS:
+            raise ValueError(f"${DEFAULT_MODEL_ENV}={default_model!r}: allowed {', '.join(MODELS)}")
+        setting = configured_weights(weights, default_model)
         with timer.stage("prefetch"):
             prefetch = start_prefetch(setting)
         with timer.stage("backend"):
             backend = configure_backend(packages)
             device_ready = start_device_init(backend)
         with timer.stage("imports"):
-            import_pipeline_classes()
+            import_pipeline_classes(default_model)
         with timer.stage("weights"):
-            source = resolve_weights(setting)
+            source = resolve_weights(setting, model=default_model)
         with timer.stage("load"):
             device_ready.join()
             if prefetch is not None:
                 prefetch.join()
-            model = MODEL_CACHE.get_or_load(source.model_id, lambda: load_sdxl(source, backend))
+            load_source(source, backend)
     except BaseException:
         timer.finish(completed=False)
         raise
-    timings = timer.finish(device=backend.device, dtype=backend.dtype_name, weights=str(source.path))
-    return ReadyService(backend=backend, model=model, timings=timings)
+    timings = timer.finish(device=backend.device, dtype=backend.dtype_name, weights=str(source.path), model=default_model)
+    available = tuple(name for name in available_models(weights, default_model) if name != default_model)
+    log.info("models: %s loaded (default)%s", default_model, "; on demand: " + ", ".join(available) if available else "")
+    return ReadyService(backend, source, timings, (default_model, *available))

@@ -15,18 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pipeline.models import MODELS, weights_setting
 from startup.fetch import FetchError, download
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_ENV = "SDXL_WEIGHTS"
 CACHE_ENV = "WEIGHTS_CACHE"
-DEFAULT_WEIGHTS = "weights/sdxl"
 DEFAULT_CACHE = "weights/cache"
-EXPECTED = (
-    "a diffusers SDXL folder (with model_index.json), a single-file SDXL .safetensors "
-    "checkpoint, or an http(s) URL to either (a folder as .tar)"
-)
+
+
+def expected(model: str) -> str:
+    """What a weights setting for ``model`` may be, in words, for error messages."""
+    if MODELS[model].single_file:
+        return (
+            f"a diffusers {model} folder (with model_index.json), a single-file {model} .safetensors "
+            "checkpoint, or an http(s) URL to either (a folder as .tar)"
+        )
+    return f"a diffusers {model} folder (with model_index.json), or an http(s) URL to one as .tar"
 
 
 class WeightsError(RuntimeError):
@@ -40,15 +45,17 @@ class WeightsSource:
     path: Path
     layout: str  # "diffusers" or "single_file"
     origin: str  # what the operator configured
+    model: str = "sdxl"  # a name in pipeline.models.MODELS
 
     @property
     def model_id(self) -> str:
-        return f"sdxl:{self.path.resolve()}"
+        return f"{self.model}:{self.path.resolve()}"
 
 
-def configured_weights(explicit: Optional[str] = None) -> str:
-    """The weights setting in force: setup's argument, else ``$SDXL_WEIGHTS``, else the default."""
-    return str(explicit or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS)
+def configured_weights(explicit: Optional[str] = None, model: str = "sdxl") -> str:
+    """The weights setting in force: setup's argument, else the model's env var (``$SDXL_WEIGHTS``...),
+    else its default folder."""
+    return weights_setting(model, explicit)
 
 
 def check_safetensors(path: Path) -> None:
@@ -68,10 +75,10 @@ def check_safetensors(path: Path) -> None:
         raise WeightsError(f"{path}: truncated .safetensors file ({size} bytes, header needs {needed})")
 
 
-def _check_diffusers_folder(folder: Path) -> None:
+def _check_diffusers_folder(folder: Path, model: str) -> None:
     index = folder / "model_index.json"
     if not index.is_file():
-        raise WeightsError(f"{folder}: no model_index.json; expected {EXPECTED}")
+        raise WeightsError(f"{folder}: no model_index.json; expected {expected(model)}")
     try:
         components = json.loads(index.read_text())
     except ValueError as error:
@@ -85,7 +92,7 @@ def _check_diffusers_folder(folder: Path) -> None:
         check_safetensors(tensors)
 
 
-def resolve_weights(setting: str, cache_dir: Optional[Path] = None) -> WeightsSource:
+def resolve_weights(setting: str, cache_dir: Optional[Path] = None, model: str = "sdxl") -> WeightsSource:
     """Fetch if it is a URL, then check the local path; raise ``WeightsError`` on any problem."""
     origin = setting
     if setting.startswith(("http://", "https://")):
@@ -97,14 +104,14 @@ def resolve_weights(setting: str, cache_dir: Optional[Path] = None) -> WeightsSo
     else:
         path = Path(setting).expanduser()
     if not path.exists():
-        raise WeightsError(f"weights not found at {path}: expected {EXPECTED} (set ${WEIGHTS_ENV})")
+        raise WeightsError(f"weights not found at {path}: expected {expected(model)} (set ${MODELS[model].weights_env})")
     if path.is_dir():
-        _check_diffusers_folder(path)
+        _check_diffusers_folder(path, model)
         layout = "diffusers"
-    elif path.suffix == ".safetensors":
+    elif path.suffix == ".safetensors" and MODELS[model].single_file:
         check_safetensors(path)
         layout = "single_file"
     else:
-        raise WeightsError(f"{path}: unsupported weights file; expected {EXPECTED}")
-    log.info("weights: %s (%s)", path, layout)
-    return WeightsSource(path=path, layout=layout, origin=origin)
+        raise WeightsError(f"{path}: unsupported weights file; expected {expected(model)}")
+    log.info("weights: %s %s (%s)", model, path, layout)
+    return WeightsSource(path=path, layout=layout, origin=origin, model=model)

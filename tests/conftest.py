@@ -37,6 +37,18 @@ def ip_adapter_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def flux_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random Flux, dev-like and schnell-like, in diffusers folders."""
+    from scripts.make_flux import build_flux
+
+    root = tmp_path_factory.mktemp("weights")
+    return {
+        "flux-dev": build_flux("tiny", root / "flux-dev-tiny", "float32"),
+        "flux-schnell": build_flux("tiny-schnell", root / "flux-schnell-tiny", "float32"),
+    }
+
+
+@pytest.fixture(scope="session")
 def predictor(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     os.environ["STARTUP_TIMINGS_PATH"] = str(tmp_path_factory.mktemp("timings") / "startup.json")
     from predict import Predictor
@@ -99,12 +111,17 @@ class CogServer:
 
 
 @pytest.fixture(scope="session")
-def cog_server(tiny_weights: Path, ip_adapter_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer]:
+def cog_server(
+    tiny_weights: Path, ip_adapter_weights: Path, flux_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CogServer]:
     """The real coglet server, started as a user would (scripts/serve.py), with the flags the
     hosted server passes, which the predictor must filter."""
     workdir = tmp_path_factory.mktemp("server")
     port = free_port()
-    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"), IP_ADAPTER_WEIGHTS=str(ip_adapter_weights))
+    env = dict(
+        os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"), IP_ADAPTER_WEIGHTS=str(ip_adapter_weights),
+        FLUX_SCHNELL_WEIGHTS=str(flux_weights["flux-schnell"]),
+    )
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -110,3 +110,14 @@ def test_storyboard_and_face_image_over_http(cog_server, tmp_path: Path) -> None
     bad = cog_server.predict(prompt="x", face_image=data_url(junk, "image/png"), width=64, height=64)
     assert bad["status"] == "failed" and "face_image" in bad["error"]
     assert cog_server.predict(prompt="x", width=64, height=64, num_inference_steps=2)["status"] == "succeeded"
+
+
+def test_flux_schnell_over_http_and_unavailable_model(cog_server) -> None:
+    response = cog_server.predict(prompt="a lighthouse", model="flux-schnell", width=96, height=64, seed=2, output_format="png")
+    assert response["status"] == "succeeded", response
+    assert decode(response["output"][0]).size == (96, 64)
+    assert "preset balanced: 4 steps, guidance 0.0" in response["logs"]
+    missing = cog_server.predict(prompt="x", model="flux-dev")
+    assert missing["status"] == "failed" and "available here: sdxl, flux-schnell" in missing["error"]
+    bad = cog_server.predict(prompt="x", model="flux-schnell", negative_prompt="blur")
+    assert bad["status"] == "failed" and "negative_prompt" in bad["error"]

@@ -20,3 +20,30 @@ def test_a_loaded_model_is_never_loaded_twice(caplog: pytest.LogCaptureFixture) 
     assert "model sdxl:/w already loaded" in caplog.text
     cache.evict("sdxl:/w")
     assert "sdxl:/w" not in cache
+
+
+def test_least_recently_used_models_are_evicted_with_what_is_built_on_them(caplog: pytest.LogCaptureFixture) -> None:
+    cache = ModelCache()
+    budget = 100
+    free = lambda: budget - cache.resident_bytes()  # noqa: E731
+    cache.get_or_load("sdxl:/a", object, size_bytes=40)
+    cache.get_or_load("inpaint:sdxl:/a", object)  # built on sdxl:/a, no size of its own
+    cache.get_or_load("flux-dev:/b", object, size_bytes=40)
+    cache.get_or_load("sdxl:/a", object)  # touch: flux-dev is now the least recently used
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        cache.make_room(30, free, keep="flux-schnell:/c")
+        cache.get_or_load("flux-schnell:/c", object, size_bytes=30)
+    assert cache.ids() == ["inpaint:sdxl:/a", "sdxl:/a", "flux-schnell:/c"]
+    assert "evicted flux-dev:/b (least recently used) to make room for flux-schnell:/c" in caplog.text
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        cache.make_room(60, free, keep="flux-dev:/b")
+        assert cache.ids() == ["flux-schnell:/c"]  # sdxl and its inpaint pipeline went together
+        cache.make_room(1000, free, keep="x")  # nothing left to evict: warns, does not loop
+    assert cache.ids() == [] and "nothing left to evict" in caplog.text
+
+
+def test_room_is_not_made_when_it_fits() -> None:
+    cache = ModelCache()
+    cache.get_or_load("sdxl:/a", object, size_bytes=10)
+    cache.make_room(10, lambda: 50, keep="flux-dev:/b")
+    assert cache.ids() == ["sdxl:/a"]

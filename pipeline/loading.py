@@ -1,0 +1,86 @@
+"""Load a model by name through the one model cache: the default at start-up, others on first use."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from pipeline.fields import InputError
+from pipeline.model_cache import MODEL_CACHE
+from pipeline.models import MODELS, ModelSpec
+from startup.backend import Backend
+from startup.prefetch import weight_files
+from startup.weights import WeightsSource, configured_weights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline ready to generate, plus what a request needs to reset it between calls."""
+
+    family: str  # the preset family, which is the model's name
+    pipe: Any
+    base_scheduler_config: Mapping[str, Any]
+    source: WeightsSource
+
+    @property
+    def spec(self) -> ModelSpec:
+        return MODELS[self.source.model]
+
+
+BUDGET_ENV = "MODEL_MEMORY_BUDGET_GB"
+
+
+def free_bytes(backend: Backend) -> Callable[[], int]:
+    """What a new model may use: free GPU memory on CUDA; elsewhere ``$MODEL_MEMORY_BUDGET_GB`` less
+    what is resident (unlimited when unset: host memory is the operator's to size)."""
+    budget = os.environ.get(BUDGET_ENV)
+    if budget:
+        return lambda: int(float(budget) * 1e9) - MODEL_CACHE.resident_bytes()
+    if backend.device == "cuda":
+        import torch
+
+        return lambda: int(torch.cuda.mem_get_info()[0] * 0.9)
+    return lambda: 1 << 62
+
+
+def weight_bytes(source: WeightsSource) -> int:
+    return sum(path.stat().st_size for path in weight_files(source.path))
+
+
+def load_source(source: WeightsSource, backend: Backend) -> LoadedModel:
+    """Build the pipeline for a resolved source, once: a cached model is returned as it is. If memory
+    is short, least recently used models are evicted first."""
+    size = weight_bytes(source)
+    if source.model_id not in MODEL_CACHE:
+        MODEL_CACHE.make_room(size, free_bytes(backend), keep=source.model_id)
+
+    def build() -> LoadedModel:
+        if MODELS[source.model].pipeline_class == "FluxPipeline":
+            from pipeline.flux_loader import load_flux
+
+            return load_flux(source, backend)
+        from pipeline.sdxl_loader import load_sdxl
+
+        return load_sdxl(source, backend)
+
+    return MODEL_CACHE.get_or_load(source.model_id, build, size_bytes=size)
+
+
+def load_model(name: str, backend: Backend, explicit_weights: Optional[str] = None) -> LoadedModel:
+    """Resolve model ``name``'s weights (fetching a URL once) and load it through the cache."""
+    return load_source(resolve_weights(configured_weights(explicit_weights, name), model=name), backend)
+
+
+def select_model(requested: Optional[str], default: WeightsSource, available: Sequence[str], backend: Backend) -> LoadedModel:
+    """The request's model (the default when empty), loading it on first use; an unavailable one is
+    refused with the list of those that are."""
+    name = requested or default.model
+    if name == default.model:
+        return load_source(default, backend)
+    if name not in available:
+        raise InputError("model", name, "available here: " + ", ".join(available))
+    return load_model(name, backend)

@@ -1,0 +1,108 @@
+"""Flux dev and schnell through the predictor, beside SDXL, with tiny random weights."""
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.fields import InputError
+from tests.conftest import predict_inputs
+
+
+@pytest.fixture(scope="module")
+def multi(tiny_weights: Path, flux_weights: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A predictor whose operator configured SDXL (default) and both Flux models."""
+    saved = dict(os.environ)
+    os.environ["FLUX_DEV_WEIGHTS"] = str(flux_weights["flux-dev"])
+    os.environ["FLUX_SCHNELL_WEIGHTS"] = str(flux_weights["flux-schnell"])
+    os.environ["STARTUP_TIMINGS_PATH"] = str(tmp_path_factory.mktemp("t") / "t.json")
+    try:
+        from predict import Predictor
+
+        predictor = Predictor()
+        predictor.setup(str(tiny_weights))
+        yield predictor
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def pixels(outputs: list) -> np.ndarray:
+    return np.asarray(Image.open(outputs[0]))
+
+
+def test_available_models_are_listed_at_setup(multi) -> None:
+    assert multi.service.available == ("sdxl", "flux-dev", "flux-schnell")
+
+
+def test_flux_dev_generates_with_its_presets(multi, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        first = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5, output_format="png")))
+    again = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5, output_format="png")))
+    other = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=2, seed=6, output_format="png")))
+    assert first.shape == (64, 64, 3) and np.array_equal(first, again) and not np.array_equal(first, other)
+    assert "preset ultra_fast: 12 steps, guidance 3.5" in caplog.text
+    assert "with flux-dev (flow-matching Euler)" in caplog.text and "step 12/12" in caplog.text
+
+
+def test_flux_schnell_defaults_to_four_steps_without_guidance(multi, caplog) -> None:
+    with caplog.at_level(logging.INFO):
+        out = multi.predict(**predict_inputs(model="flux-schnell", num_inference_steps=None, width=128, height=96))
+    assert Image.open(out[0]).size == (128, 96)
+    assert "preset balanced: 4 steps, guidance 0.0" in caplog.text
+
+
+def test_switching_models_loads_each_once(multi, caplog) -> None:
+    multi.predict(**predict_inputs(model="flux-schnell"))
+    with caplog.at_level(logging.INFO):
+        multi.predict(**predict_inputs(model="sdxl"))
+        multi.predict(**predict_inputs(model="flux-schnell"))
+        multi.predict(**predict_inputs())
+    assert " loaded in " not in caplog.text
+    assert caplog.text.count("already loaded; reusing it") >= 3
+
+
+@pytest.mark.parametrize(
+    "overrides, field, words",
+    [
+        ({"negative_prompt": "blurry"}, "negative_prompt", "not supported by flux-dev"),
+        ({"scheduler": "DDIM"}, "scheduler", "one sampler"),
+        ({"width": 72, "height": 64}, "width", "a multiple of 16 for flux-dev"),
+        ({"adetailer": True}, "adetailer", "not supported with flux-dev yet"),
+        ({"face_image": "/tmp/face.png"}, "face_image", "not supported with flux-dev yet"),
+    ],
+)
+def test_options_flux_cannot_honour_are_refused(multi, overrides: dict, field: str, words: str) -> None:
+    with pytest.raises(InputError) as caught:
+        multi.predict(**predict_inputs(model="flux-dev", **overrides))
+    assert caught.value.field == field and words in str(caught.value)
+
+
+def test_an_unavailable_model_is_refused_with_the_available_ones(multi) -> None:
+    from pipeline.loading import select_model
+
+    service = multi.service
+    with pytest.raises(InputError, match="model='flux-dev'.*available here: sdxl"):
+        select_model("flux-dev", service.default_source, ("sdxl",), service.backend)
+
+
+def test_least_recently_used_model_is_evicted_when_memory_is_short(multi, monkeypatch, caplog) -> None:
+    from pipeline.model_cache import MODEL_CACHE
+
+    for key in [k for k in MODEL_CACHE.ids() if k.startswith("flux-dev:")]:
+        MODEL_CACHE.evict(key)
+    multi.predict(**predict_inputs(model="flux-schnell"))
+    multi.predict(**predict_inputs(model="sdxl"))  # flux-schnell is now the least recently used
+    monkeypatch.setenv("MODEL_MEMORY_BUDGET_GB", str(MODEL_CACHE.resident_bytes() / 1e9))  # no room for more
+    with caplog.at_level(logging.INFO):
+        multi.predict(**predict_inputs(model="flux-dev"))
+    assert "(least recently used) to make room for flux-dev:" in caplog.text
+    assert not any(key.startswith("flux-schnell:") for key in MODEL_CACHE.ids())
+    monkeypatch.delenv("MODEL_MEMORY_BUDGET_GB")
+    with caplog.at_level(logging.INFO):
+        multi.predict(**predict_inputs(model="flux-schnell"))  # loads again
+    assert "model flux-schnell:" in caplog.text and " loaded in " in caplog.text
