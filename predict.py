@@ -97,7 +97,7 @@ class Predictor(BasePredictor):
         ad_args = parse_adetailer_args({name: raw[name] for name in AD_FIELDS})
         service = self.service
         model = select_model(request.model, service.default_source, service.available, service.backend)
-        check_model_options(request, model.spec, adetailer=not ad_args.need_skip())
+        check_model_options(request, model.spec, ad_args.ad_negative_prompt)
         settings = resolve(
             model.family, request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
         )

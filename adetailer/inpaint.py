@@ -27,7 +27,8 @@ class InpaintSettings:
     guidance_scale: float
     padding: int
     mask_blur: int
-    native_size: int  # the model's trained side length in pixels (1024 for SDXL)
+    native_size: int  # the model's trained side length in pixels (1024 for SDXL and Flux)
+    size_multiple: int = 8  # the model's side granularity (16 for Flux)
 
 
 def crop_region(box: Box, padding: int, image_size: tuple[int, int]) -> Box:
@@ -37,12 +38,12 @@ def crop_region(box: Box, padding: int, image_size: tuple[int, int]) -> Box:
     return max(x1 - padding, 0), max(y1 - padding, 0), min(x2 + padding, width), min(y2 + padding, height)
 
 
-def processing_size(crop_width: int, crop_height: int, native_size: int) -> tuple[int, int]:
-    """The crop's aspect ratio at the model's native area, in multiples of 8."""
+def processing_size(crop_width: int, crop_height: int, native_size: int, multiple: int = 8) -> tuple[int, int]:
+    """The crop's aspect ratio at the model's native area, in multiples of ``multiple``."""
     scale = math.sqrt(native_size * native_size / (crop_width * crop_height))
     return (
-        max(8, int(round(crop_width * scale / 8)) * 8),
-        max(8, int(round(crop_height * scale / 8)) * 8),
+        max(multiple, int(round(crop_width * scale / multiple)) * multiple),
+        max(multiple, int(round(crop_height * scale / multiple)) * multiple),
     )
 
 
@@ -55,10 +56,10 @@ def inpaint_region(
         return image
     region = crop_region(box, settings.padding, image.size)
     crop = image.crop(region)
-    size = processing_size(crop.width, crop.height, settings.native_size)
+    size = processing_size(crop.width, crop.height, settings.native_size, settings.size_multiple)
+    options = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt else {}
     redrawn = pipe(
         prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt,
         image=crop.resize(size, Image.LANCZOS),
         mask_image=mask.crop(region).resize(size, Image.LANCZOS),
         width=size[0],
@@ -68,6 +69,7 @@ def inpaint_region(
         guidance_scale=settings.guidance_scale,
         generator=generator,
         callback_on_step_end=StepProgress(max(1, int(settings.steps * settings.strength)), label),
+        **options,
     ).images[0]
     patched = image.copy()
     patched.paste(redrawn.resize(crop.size, Image.LANCZOS), region[:2])

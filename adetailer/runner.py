@@ -58,17 +58,19 @@ def detector_for(pass_name: str, folder: Optional[Path] = None) -> Detector:
 
 def inpaint_pipeline(model: LoadedModel) -> Any:
     """The inpaint pipeline on the already-loaded components: ``from_pipe`` shares every weight."""
-    from diffusers import StableDiffusionXLInpaintPipeline
+    import diffusers
 
     def build() -> Any:
-        pipe = StableDiffusionXLInpaintPipeline.from_pipe(model.pipe)
+        pipe = getattr(diffusers, model.spec.inpaint_pipeline_class).from_pipe(model.pipe)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     return MODEL_CACHE.get_or_load(f"inpaint:{model.source.model_id}", build)
 
 
-def inpaint_settings(args: ADetailerArgs, prompt: str, negative_prompt: str, preset: EffectiveSettings, native: int) -> InpaintSettings:
+def inpaint_settings(
+    args: ADetailerArgs, prompt: str, negative_prompt: str, preset: EffectiveSettings, native: int, multiple: int = 8
+) -> InpaintSettings:
     """The extension's rules: empty ``ad_*`` values fall back to the main request's."""
     steps = args.ad_steps or preset.num_inference_steps
     # img2img runs int(steps * strength) steps; never let that round down to zero.
@@ -82,6 +84,7 @@ def inpaint_settings(args: ADetailerArgs, prompt: str, negative_prompt: str, pre
         padding=args.ad_inpaint_only_masked_padding,
         mask_blur=args.ad_mask_blur,
         native_size=native,
+        size_multiple=multiple,
     )
 
 
@@ -102,11 +105,10 @@ def run_adetailer(
         log.info("ADetailer: ad_denoising_strength is 0, nothing to redraw; images unchanged")
         return images
     pipe = inpaint_pipeline(model)
-    unet_config = model.pipe.unet.config
-    native = unet_config.sample_size * model.pipe.vae_scale_factor
+    native = model.pipe.default_sample_size * model.pipe.vae_scale_factor  # 1024 for SDXL and Flux
     fixed = []
     for index, image in enumerate(images):
-        settings = inpaint_settings(args, prompts[index], negative_prompt, preset, native)
+        settings = inpaint_settings(args, prompts[index], negative_prompt, preset, native, model.spec.size_multiple)
         for pass_name in args.passes():
             image = _run_pass(pass_name, pipe, image, args, settings, seed + index)
         fixed.append(image)

@@ -18,16 +18,27 @@ class ModelSpec:
     single_file: bool  # whether a single .safetensors checkpoint can be loaded (with shipped configs)
     negative_prompt: bool
     schedulers: bool  # whether the request's sampler choice applies
-    identity_and_adetailer: bool  # IP-Adapter face_image and the ADetailer pass
+    ip_adapter: bool  # face_image (IP-Adapter identity)
+    inpaint_pipeline_class: str  # the ADetailer pass's pipeline, built with from_pipe
     size_multiple: int  # width/height must be multiples of this
 
 
 MODELS: Mapping[str, ModelSpec] = {
-    "sdxl": ModelSpec("sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", "weights/sdxl", True, True, True, True, 8),
+    "sdxl": ModelSpec(
+        "sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", "weights/sdxl", single_file=True, negative_prompt=True,
+        schedulers=True, ip_adapter=True, inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8,
+    ),
     # Flux packs 2x2 latent patches over an 8x VAE: sides are multiples of 16. It has no
     # negative prompt and one sampler (flow-matching Euler).
-    "flux-dev": ModelSpec("flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", "weights/flux-dev", False, False, False, False, 16),
-    "flux-schnell": ModelSpec("flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", "weights/flux-schnell", False, False, False, False, 16),
+    "flux-dev": ModelSpec(
+        "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", "weights/flux-dev", single_file=False, negative_prompt=False,
+        schedulers=False, ip_adapter=False, inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
+    ),
+    "flux-schnell": ModelSpec(
+        "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", "weights/flux-schnell", single_file=False,
+        negative_prompt=False, schedulers=False, ip_adapter=False, inpaint_pipeline_class="FluxInpaintPipeline",
+        size_multiple=16,
+    ),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 DEFAULT_MODEL_ENV = "DEFAULT_MODEL"

@@ -167,20 +167,18 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     return GenerationRequest(width=width, height=height, **values)
 
 
-def check_model_options(request: GenerationRequest, spec: ModelSpec, adetailer: bool) -> None:
+def check_model_options(request: GenerationRequest, spec: ModelSpec, ad_negative_prompt: str = "") -> None:
     """Refuse options the chosen model cannot honour, rather than half-apply them silently."""
-    if request.negative_prompt and not spec.negative_prompt:
-        raise InputError("negative_prompt", request.negative_prompt, f"not supported by {spec.name}; leave it empty")
+    for name, value in (("negative_prompt", request.negative_prompt), ("ad_negative_prompt", ad_negative_prompt)):
+        if value and not spec.negative_prompt:
+            raise InputError(name, value, f"not supported by {spec.name}; leave it empty")
     if request.scheduler != FIELDS["scheduler"].default and not spec.schedulers:
         raise InputError(
             "scheduler", request.scheduler,
             f"{spec.name} has one sampler (flow-matching Euler); leave scheduler at {FIELDS['scheduler'].default}",
         )
-    if not spec.identity_and_adetailer:
-        if request.face_image is not None:
-            raise InputError("face_image", str(request.face_image), f"not supported with {spec.name} yet; use sdxl")
-        if adetailer:
-            raise InputError("adetailer", True, f"not supported with {spec.name} yet; use sdxl")
+    if request.face_image is not None and not spec.ip_adapter:
+        raise InputError("face_image", str(request.face_image), f"not supported with {spec.name} yet; use sdxl")
     for name, value in (("width", request.width), ("height", request.height)):
         if value % spec.size_multiple:
             raise InputError(name, value, f"a multiple of {spec.size_multiple} for {spec.name}")

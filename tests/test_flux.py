@@ -72,7 +72,7 @@ def test_switching_models_loads_each_once(multi, caplog) -> None:
         ({"negative_prompt": "blurry"}, "negative_prompt", "not supported by flux-dev"),
         ({"scheduler": "DDIM"}, "scheduler", "one sampler"),
         ({"width": 72, "height": 64}, "width", "a multiple of 16 for flux-dev"),
-        ({"adetailer": True}, "adetailer", "not supported with flux-dev yet"),
+        ({"adetailer": True, "ad_negative_prompt": "ugly"}, "ad_negative_prompt", "not supported by flux-dev"),
         ({"face_image": "/tmp/face.png"}, "face_image", "not supported with flux-dev yet"),
     ],
 )
@@ -106,3 +106,32 @@ def test_least_recently_used_model_is_evicted_when_memory_is_short(multi, monkey
     with caplog.at_level(logging.INFO):
         multi.predict(**predict_inputs(model="flux-schnell"))  # loads again
     assert "model flux-schnell:" in caplog.text and " loaded in " in caplog.text
+
+
+def test_adetailer_with_flux_uses_flux_inpaint_on_the_same_weights(multi, caplog) -> None:
+    from skimage import data
+
+    from adetailer.args import parse_adetailer_args
+    from adetailer.mask import blur, dilate_erode
+    from adetailer.runner import detector_for, inpaint_pipeline, run_adetailer
+    from pipeline.loading import select_model
+    from presets import resolve
+
+    service = multi.service
+    model = select_model("flux-dev", service.default_source, service.available, service.backend)
+    inpaint = inpaint_pipeline(model)
+    assert type(inpaint).__name__ == "FluxInpaintPipeline" and inpaint.transformer is model.pipe.transformer
+    photo = Image.fromarray(data.astronaut())
+    args = parse_adetailer_args({"adetailer": True, "ad_steps": 3})
+    with caplog.at_level(logging.INFO):
+        (fixed,) = run_adetailer(model, [photo], args, ["an astronaut"], "", resolve("flux-dev", "fast"), seed=1)
+    mask = detector_for("face").detect(photo, args.ad_confidence).masks[0]
+    allowed = np.asarray(blur(dilate_erode(mask, args.ad_dilate_erode), args.ad_mask_blur)) > 0
+    changed = np.any(np.asarray(photo) != np.asarray(fixed), axis=2)
+    assert changed.any() and not changed[~allowed].any()
+    assert "ADetailer face: 1 detected" in caplog.text
+
+
+def test_adetailer_flag_over_flux_request(multi) -> None:
+    out = multi.predict(**predict_inputs(model="flux-schnell", adetailer=True, adetailer_hands=True))
+    assert Image.open(out[0]).size == (64, 64)
