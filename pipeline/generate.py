@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from pipeline.memory import cleanup_after_image
 from pipeline.progress import StepProgress
 from pipeline.request import GenerationRequest
 from pipeline.schedulers import make_scheduler
@@ -94,6 +95,8 @@ def generate(
             **options,
         )
     seconds = time.perf_counter() - started
+    if model.profile is not None:
+        cleanup_after_image(model.profile, pipe.device.type)
     result = GenerationResult(images=list(output.images), seconds=seconds, steps=steps)
     log.info("%sgenerated in %.2f s (%.3f s/step)", f"{batch.label}: " if batch.label else "", seconds, result.seconds_per_step)
     return result

@@ -11,6 +11,7 @@ from pipeline.fields import InputError
 from pipeline.model_cache import MODEL_CACHE
 from pipeline.models import MODELS, ModelSpec
 from startup.backend import Backend
+from startup.profiles import Profile
 from startup.prefetch import weight_files
 from startup.weights import WeightsSource, configured_weights, resolve_weights
 
@@ -25,6 +26,7 @@ class LoadedModel:
     pipe: Any
     base_scheduler_config: Mapping[str, Any]
     source: WeightsSource
+    profile: Optional[Profile] = None  # the hardware profile it was loaded under
 
     @property
     def spec(self) -> ModelSpec:

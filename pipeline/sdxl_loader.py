@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.loading import LoadedModel
+from pipeline.memory import place_pipeline
 from startup.backend import Backend
 from startup.weights import WeightsError, WeightsSource
 
@@ -25,8 +26,11 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
     from diffusers import StableDiffusionXLPipeline
 
     # On CUDA, device_map places each tensor on the GPU as it is read, instead of building the
-    # model in host memory and copying it afterwards (single files are converted on the host first).
-    device_map = backend.device if backend.device == "cuda" and source.layout == "diffusers" else None
+    # model in host memory and copying it afterwards (single files are converted on the host first;
+    # offloading profiles place components themselves).
+    profile = backend.settings
+    direct = backend.device == "cuda" and source.layout == "diffusers" and profile.offload == "none"
+    device_map = backend.device if direct else None
     try:
         if source.layout == "diffusers":
             pipe = StableDiffusionXLPipeline.from_pretrained(
@@ -44,12 +48,12 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
         raise WeightsError(
             f"could not load SDXL from {source.path} ({source.layout} layout): {error}"
         ) from error
-    if device_map is None:
-        pipe.to(backend.device)
+    place_pipeline(pipe, profile, backend.device, already_placed=device_map is not None)
     pipe.set_progress_bar_config(disable=True)  # per-step progress is logged by the generator
     return LoadedModel(
         family=source.model,
         pipe=pipe,
         base_scheduler_config=dict(pipe.scheduler.config),
         source=source,
+        profile=profile,
     )

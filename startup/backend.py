@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional
+
+from startup.profiles import Profile, choose_profile, detect_profile
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,12 @@ class Backend:
     tf32: bool
     bitsandbytes: str
     xformers: str
+    profile: Optional[Profile] = None  # memory/precision settings; None: plain defaults for the device
+
+    @property
+    def settings(self) -> Profile:
+        """The hardware profile in force (a device default when none was detected)."""
+        return self.profile or choose_profile(self.device, None, False, False, env={})
 
     @property
     def dtype(self) -> Any:
@@ -73,7 +81,8 @@ def configure_backend(packages: Mapping[str, Optional[str]]) -> Backend:
         xformers=_usability(packages.get("xformers"), cuda, why_not),
     )
     log.info(backend.describe())
-    return backend
+    usable = cuda and packages.get("bitsandbytes") is not None
+    return replace(backend, profile=detect_profile(device, usable))
 
 
 def start_device_init(backend: Backend) -> threading.Thread:
