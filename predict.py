@@ -96,26 +96,16 @@ class Predictor(BasePredictor):
         request = parse_request({name: raw[name] for name in FIELDS})
         ad_args = parse_adetailer_args({name: raw[name] for name in AD_FIELDS})
         service = self.service
-        model = select_model(request.model, service.default_source, service.available, service.backend)
-        check_model_options(request, model.spec, ad_args.ad_negative_prompt)
+        loaded = select_model(request.model, service.default_source, service.available, service.backend)
+        check_model_options(request, loaded.spec, ad_args.ad_negative_prompt)
         settings = resolve(
-            model.family, request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
+            loaded.family, request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
         )
-        result = run_job(model, service.backend.device, request, settings, ad_args)
-        images, names = result.images, None
-        if result.sheet is not None:
-            images = images + [result.sheet]
-            names = [f"scene-{i:02d}" for i in range(1, len(result.images) + 1)] + ["contact-sheet"]
+        result = run_job(loaded, service.backend.device, request, settings, ad_args)
+        images, names = result.outputs()
         paths = save_images(images, self._fresh_output_dir(), request.output_format, request.output_quality, names)
-        self.record_metric("seed", result.seed)
-        self.record_metric("steps", result.steps)
-        self.record_metric("generation_seconds", round(result.generation_seconds, 4))
-        if request.scenes:
-            self.record_metric("seconds_per_scene", round(result.generation_seconds / len(request.scenes), 4))
-        else:
-            self.record_metric("steps_per_second", round(result.steps / result.generation_seconds, 3))
-        for name, seconds in result.timings.items():
-            self.record_metric(name, round(seconds, 4))
+        for name, value in result.metrics().items():
+            self.record_metric(name, value)
         log.info("prediction done in %.2f s: %s", time.perf_counter() - started, ", ".join(map(str, paths)))
         return [Path(path) for path in paths]
 

@@ -91,13 +91,16 @@ class IPAdapter:
         unet.set_attn_processor(dict(self.plain_processors))
 
     def image_embeds(self, reference: ReferenceImage, batch: int, guidance: bool) -> list[Any]:
-        """Embeddings for ``batch`` images; the image encoder runs once per distinct picture."""
+        """Embeddings for ``batch`` images; the image encoder runs once per distinct picture.
+
+        Call while active: diffusers reads the attached projection to choose which encoder output
+        (pooled embedding or hidden states) the adapter takes.
+        """
         import torch
 
         cached = self.embeds.get(reference.content_hash)
         if cached is None:
             started = time.perf_counter()
-            self.activate(1.0)  # encoding needs the projection in place
             with torch.inference_mode():
                 (both,) = self.pipe.prepare_ip_adapter_image_embeds(
                     reference.image, None, self.pipe.device, 1, True

@@ -28,6 +28,25 @@ class JobResult:
     sheet: Optional[Any] = None
     timings: dict[str, float] = field(default_factory=dict)
 
+    def outputs(self) -> tuple[list[Any], Optional[list[str]]]:
+        """Images to save and their file names (None: ``out-<i>``); a storyboard ends with its sheet."""
+        if self.sheet is None:
+            return self.images, None
+        names = [f"scene-{i:02d}" for i in range(1, len(self.images) + 1)] + ["contact-sheet"]
+        return self.images + [self.sheet], names
+
+    def metrics(self) -> dict[str, Any]:
+        """Cog metrics for this prediction (Cog adds its own ``predict_time``)."""
+        values: dict[str, Any] = {
+            "seed": self.seed, "steps": self.steps, "generation_seconds": round(self.generation_seconds, 4),
+        }
+        if self.sheet is not None:
+            values["seconds_per_scene"] = round(self.generation_seconds / len(self.images), 4)
+        else:
+            values["steps_per_second"] = round(self.steps / self.generation_seconds, 3)
+        values.update({name: round(seconds, 4) for name, seconds in self.timings.items()})
+        return values
+
 
 def _free_gpu_bytes(device: str) -> Optional[int]:
     if device != "cuda":

@@ -54,13 +54,20 @@ def test_preset_scale_and_override(predictor, adapter_env, face, caplog) -> None
     assert "at scale 0.8" in caplog.text and "at scale 1.2" in caplog.text
 
 
-def test_embedding_is_computed_once_per_distinct_image(predictor, adapter_env, face, tmp_path, caplog) -> None:
-    copy = tmp_path / "same-face.webp"
-    Image.open(face).save(copy, lossless=True)  # same pixels, another file and format
+def test_embedding_is_computed_once_per_distinct_image(predictor, adapter_env, tmp_path, caplog) -> None:
+    """The first request (which embeds the face) and the second (cache hit) make the same image."""
+    from skimage import data
+
+    fresh = tmp_path / "coffee.png"  # a picture no other test embedded
+    Image.fromarray(data.coffee()).save(fresh)
+    copy = tmp_path / "same-coffee.webp"
+    Image.open(fresh).save(copy, lossless=True)  # same pixels, another file and format
     with caplog.at_level(logging.INFO):
-        predictor.predict(**predict_inputs(face_image=str(face)))
-        predictor.predict(**predict_inputs(face_image=str(copy)))
+        first = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=str(fresh))))
+        second = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=str(copy))))
+    assert caplog.text.count("reference image embedded in") == 1
     assert "reference image embedding cache hit" in caplog.text
+    assert np.array_equal(first, second)
 
 
 def test_bad_face_image_is_refused_and_service_keeps_working(predictor, adapter_env, tmp_path) -> None:
