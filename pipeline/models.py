@@ -44,6 +44,14 @@ MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 DEFAULT_MODEL_ENV = "DEFAULT_MODEL"
 
 
+def default_model_name() -> str:
+    """The operator's ``$DEFAULT_MODEL`` (loaded at start-up), ``sdxl`` when unset."""
+    name = os.environ.get(DEFAULT_MODEL_ENV) or "sdxl"
+    if name not in MODELS:
+        raise ValueError(f"${DEFAULT_MODEL_ENV}={name!r}: allowed {', '.join(MODELS)}")
+    return name
+
+
 def weights_setting(name: str, explicit: Optional[str] = None) -> str:
     """The weights path or URL for model ``name``: an explicit value, else its env var, else its default."""
     spec = MODELS[name]
@@ -55,7 +63,7 @@ def available_models(explicit_default: Optional[str] = None, default_model: Opti
 
     ``explicit_default`` is Cog's ``COG_WEIGHTS`` and belongs to the default model.
     """
-    default = default_model or os.environ.get(DEFAULT_MODEL_ENV) or "sdxl"
+    default = default_model or default_model_name()
     found = []
     for name in MODELS:
         setting = weights_setting(name, explicit_default if name == default else None)

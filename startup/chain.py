@@ -11,13 +11,12 @@ load on the first request that asks for them.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from pipeline.loading import LoadedModel, load_source
-from pipeline.models import DEFAULT_MODEL_ENV, MODELS, available_models
+from pipeline.models import MODELS, available_models, default_model_name
 from startup.backend import Backend, configure_backend, start_device_init
 from startup.cmdargs import filter_sys_argv
 from startup.install_guard import install_guard, package_report
@@ -86,9 +85,7 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
                 "install guard: run-time package installs blocked; %s",
                 ", ".join(f"{name} {version or 'not installed'}" for name, version in packages.items()),
             )
-        default_model = os.environ.get(DEFAULT_MODEL_ENV) or "sdxl"
-        if default_model not in MODELS:
-            raise ValueError(f"${DEFAULT_MODEL_ENV}={default_model!r}: allowed {', '.join(MODELS)}")
+        default_model = default_model_name()
         setting = configured_weights(weights, default_model)
         with timer.stage("prefetch"):
             prefetch = start_prefetch(setting)
