@@ -62,7 +62,7 @@ def generate(
     batch: Batch,
     request: GenerationRequest,
     settings: EffectiveSettings,
-    ip_adapter_embeds: Optional[list[Any]] = None,
+    ip_adapter: Optional[dict[str, Any]] = None,
 ) -> GenerationResult:
     """Run the denoising loop for ``batch`` with the request's size and sampler and the merged preset."""
     import torch
@@ -79,8 +79,7 @@ def generate(
     options: dict[str, Any] = {}
     if request.negative_prompt:  # only models that take one get here (pipeline.request checks)
         options["negative_prompt"] = [request.negative_prompt] * len(batch.prompts)
-    if ip_adapter_embeds is not None:
-        options["ip_adapter_image_embeds"] = ip_adapter_embeds
+    options.update(ip_adapter or {})  # precomputed reference-image embeddings, when identity is on
     started = time.perf_counter()
     with torch.inference_mode():
         output = pipe(

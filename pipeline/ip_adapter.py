@@ -1,9 +1,11 @@
-"""Identity conditioning with IP-Adapter, loaded on first use and switched on per request.
+"""Identity conditioning with IP-Adapter (SDXL: h94's adapters; Flux: XLabs'), loaded on first use
+and switched on per request.
 
-diffusers' ``load_ip_adapter`` replaces the UNet's attention processors and adds an image
-projection; a UNet left that way needs an image on every call. So after loading, both processor
-sets are kept and swapped (``activate``/``deactivate``): a request without a reference image runs the
-untouched UNet, with the same pixels and speed as a service that never loaded an adapter.
+diffusers' ``load_ip_adapter`` replaces the denoiser's attention processors and adds an image
+projection; a denoiser left that way needs an image on every call (or spends time on a zero one).
+So after loading, both processor sets are kept and swapped (``activate``/``deactivate``): a request
+without a reference image runs the untouched model, with the same pixels and speed as a service
+that never loaded an adapter.
 """
 
 from __future__ import annotations
@@ -16,30 +18,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from pipeline.loading import LoadedModel
 from pipeline.model_cache import MODEL_CACHE
 from pipeline.reference_image import ReferenceImage
-from pipeline.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
-FOLDER_ENV = "IP_ADAPTER_WEIGHTS"
-DEFAULT_FOLDER = "weights/ip-adapter"
 VARIANT_ENV = "IP_ADAPTER_VARIANT"
+# adapter family -> (folder env var, default folder)
+FOLDERS: Mapping[str, tuple[str, str]] = {
+    "sdxl": ("IP_ADAPTER_WEIGHTS", "weights/ip-adapter"),
+    "flux": ("FLUX_IP_ADAPTER_WEIGHTS", "weights/flux-ip-adapter"),
+}
 
 
 @dataclass(frozen=True)
 class Variant:
-    """Where one published adapter lives in an h94/IP-Adapter style folder."""
+    """Where one published adapter and its image encoder live, relative to the adapter folder."""
 
-    subfolder: str
-    weight_name: str
-    image_encoder_folder: str  # relative to the folder root when it has a "/", else to subfolder
+    family: str
+    weight_file: str
+    image_encoder: str
 
 
-# Preference order: the face-specific adapter keeps identity best; the plain one is the fallback.
+# Per family in preference order: the face-specific adapter keeps identity best.
 VARIANTS: Mapping[str, Variant] = {
-    "plus-face": Variant("sdxl_models", "ip-adapter-plus-face_sdxl_vit-h.safetensors", "models/image_encoder"),
-    "plain": Variant("sdxl_models", "ip-adapter_sdxl.safetensors", "image_encoder"),
+    "plus-face": Variant("sdxl", "sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors", "models/image_encoder"),
+    "plain": Variant("sdxl", "sdxl_models/ip-adapter_sdxl.safetensors", "sdxl_models/image_encoder"),
+    "xlabs": Variant("flux", "ip_adapter.safetensors", "image_encoder"),
 }
 EMBEDS_CACHE_SIZE = 32
 
@@ -48,20 +54,26 @@ class IPAdapterUnavailable(RuntimeError):
     """No adapter weights where the operator said they would be."""
 
 
-def adapter_folder() -> Path:
-    return Path(os.environ.get(FOLDER_ENV, DEFAULT_FOLDER))
+def adapter_family(model: LoadedModel) -> str:
+    return "flux" if model.spec.pipeline_class == "FluxPipeline" else "sdxl"
 
 
-def choose_variant(folder: Path) -> str:
-    """The operator's ``$IP_ADAPTER_VARIANT``, else the first variant whose file is present."""
+def adapter_folder(family: str) -> Path:
+    env, default = FOLDERS[family]
+    return Path(os.environ.get(env, default))
+
+
+def choose_variant(folder: Path, family: str) -> str:
+    """The operator's ``$IP_ADAPTER_VARIANT`` (if it is this family's), else the first present."""
+    names = [name for name, variant in VARIANTS.items() if variant.family == family]
     wanted = os.environ.get(VARIANT_ENV)
-    names = [wanted] if wanted else list(VARIANTS)
+    if wanted in names:
+        names = [wanted]
     for name in names:
-        variant = VARIANTS.get(name)
-        if variant and (folder / variant.subfolder / variant.weight_name).is_file():
+        if (folder / VARIANTS[name].weight_file).is_file():
             return name
-    expected = ", ".join(f"{v.subfolder}/{v.weight_name}" for k, v in VARIANTS.items() if k in names)
-    raise IPAdapterUnavailable(f"no IP-Adapter weights in {folder}: expected {expected} (set ${FOLDER_ENV})")
+    expected = ", ".join(VARIANTS[name].weight_file for name in names)
+    raise IPAdapterUnavailable(f"no IP-Adapter weights in {folder}: expected {expected} (set ${FOLDERS[family][0]})")
 
 
 @dataclass
@@ -69,29 +81,46 @@ class IPAdapter:
     """A loaded adapter bound to one pipeline, and the embeddings of reference images seen so far."""
 
     pipe: Any
+    family: str
     variant: str
     adapter_processors: dict
     plain_processors: dict
     projection: Any
     embeds: "OrderedDict[str, Any]" = field(default_factory=OrderedDict)
 
+    @property
+    def denoiser(self) -> Any:
+        return self.pipe.transformer if self.family == "flux" else self.pipe.unet
+
     # The projection is attached before its processors are set and detached before they are
     # restored: a Resampler's own attention layers count among the UNet's attention processors.
+    # set_attn_processor empties the dict it is given, hence the copies.
     def activate(self, scale: float) -> None:
-        unet = self.pipe.unet
-        unet.encoder_hid_proj = self.projection
-        unet.config.encoder_hid_dim_type = "ip_image_proj"
-        unet.set_attn_processor(dict(self.adapter_processors))
+        denoiser = self.denoiser
+        denoiser.encoder_hid_proj = self.projection
+        denoiser.config.encoder_hid_dim_type = "ip_image_proj"
+        denoiser.set_attn_processor(dict(self.adapter_processors))
         self.pipe.set_ip_adapter_scale(scale)
 
     def deactivate(self) -> None:
-        unet = self.pipe.unet
-        unet.encoder_hid_proj = None
-        unet.config.encoder_hid_dim_type = None
-        unet.set_attn_processor(dict(self.plain_processors))
+        denoiser = self.denoiser
+        denoiser.encoder_hid_proj = None
+        denoiser.config.encoder_hid_dim_type = None
+        denoiser.set_attn_processor(dict(self.plain_processors))
 
-    def image_embeds(self, reference: ReferenceImage, batch: int, guidance: bool) -> list[Any]:
-        """Embeddings for ``batch`` images; the image encoder runs once per distinct picture.
+    def _embed(self, reference: ReferenceImage) -> Any:
+        """The image encoder's output for one picture: (negative, positive) for SDXL, positive for Flux."""
+        import torch
+
+        with torch.inference_mode():
+            if self.family == "flux":
+                (positive,) = self.pipe.prepare_ip_adapter_image_embeds(reference.image, None, self.pipe.device, 1)
+                return positive
+            (both,) = self.pipe.prepare_ip_adapter_image_embeds(reference.image, None, self.pipe.device, 1, True)
+            return both.chunk(2)
+
+    def pipeline_kwargs(self, reference: ReferenceImage, batch: int, guidance: bool) -> dict[str, Any]:
+        """What the pipeline call needs for ``batch`` images; the encoder runs once per distinct picture.
 
         Call while active: diffusers reads the attached projection to choose which encoder output
         (pooled embedding or hidden states) the adapter takes.
@@ -101,11 +130,7 @@ class IPAdapter:
         cached = self.embeds.get(reference.content_hash)
         if cached is None:
             started = time.perf_counter()
-            with torch.inference_mode():
-                (both,) = self.pipe.prepare_ip_adapter_image_embeds(
-                    reference.image, None, self.pipe.device, 1, True
-                )
-            cached = both.chunk(2)  # (negative, positive), one image each
+            cached = self._embed(reference)
             self.embeds[reference.content_hash] = cached
             if len(self.embeds) > EMBEDS_CACHE_SIZE:
                 self.embeds.popitem(last=False)
@@ -113,36 +138,50 @@ class IPAdapter:
         else:
             self.embeds.move_to_end(reference.content_hash)
             log.info("IP-Adapter: reference image embedding cache hit (%s)", reference.content_hash[:12])
+        if self.family == "flux":
+            # Flux repeats the embedding per image itself. Without an explicit negative it would
+            # encode a black image on every call, although the negative only counts with true CFG.
+            return {"ip_adapter_image_embeds": [cached], "negative_ip_adapter_image_embeds": [torch.zeros_like(cached)]}
         negative, positive = cached
         parts = [negative] * batch + [positive] * batch if guidance else [positive] * batch
-        return [torch.cat(parts)]
+        return {"ip_adapter_image_embeds": [torch.cat(parts)]}
+
+
+def _load_into(pipe: Any, family: str, folder: Path, variant: Variant) -> None:
+    weight_file = folder / variant.weight_file
+    encoder = str(folder / variant.image_encoder)
+    if family == "flux":
+        pipe.load_ip_adapter(
+            str(weight_file.parent), weight_name=weight_file.name, image_encoder_pretrained_model_name_or_path=encoder,
+            image_encoder_dtype=pipe.transformer.dtype, local_files_only=True,
+        )
+    else:
+        pipe.load_ip_adapter(
+            str(folder), subfolder=str(weight_file.parent.relative_to(folder)), weight_name=weight_file.name,
+            image_encoder_folder=encoder, local_files_only=True,
+        )
 
 
 def load_adapter(model: LoadedModel, folder: Path | None = None) -> IPAdapter:
     """Load the adapter and image encoder onto ``model`` once; later calls return the cached one."""
-    folder = folder or adapter_folder()
-    variant_name = choose_variant(folder)
+    family = adapter_family(model)
+    folder = folder or adapter_folder(family)
+    variant_name = choose_variant(folder, family)
     key = f"ip-adapter:{variant_name}:{folder.resolve()}:{model.source.model_id}"
 
     def build() -> IPAdapter:
         pipe = model.pipe
-        unet = pipe.unet
-        plain = dict(unet.attn_processors)
-        variant = VARIANTS[variant_name]
-        pipe.load_ip_adapter(
-            str(folder),
-            subfolder=variant.subfolder,
-            weight_name=variant.weight_name,
-            image_encoder_folder=variant.image_encoder_folder,
-            local_files_only=True,
-        )
-        pipe.image_encoder.to(device=pipe.device, dtype=pipe.unet.dtype)
+        denoiser = pipe.transformer if family == "flux" else pipe.unet
+        plain = dict(denoiser.attn_processors)
+        _load_into(pipe, family, folder, VARIANTS[variant_name])
+        pipe.image_encoder.to(device=pipe.device, dtype=denoiser.dtype)
         adapter = IPAdapter(
             pipe=pipe,
+            family=family,
             variant=variant_name,
-            adapter_processors=dict(unet.attn_processors),
+            adapter_processors=dict(denoiser.attn_processors),
             plain_processors=plain,
-            projection=unet.encoder_hid_proj,
+            projection=denoiser.encoder_hid_proj,
         )
         adapter.deactivate()
         log.info("IP-Adapter %s loaded from %s", variant_name, folder)

@@ -62,7 +62,7 @@ def run_job(
     seed = pick_seed(request.seed)
     log.info("Using seed: %d", seed)
     adapter = None
-    embeds_for = lambda size: None  # noqa: E731
+    adapter_kwargs = lambda size: {}  # noqa: E731
     if request.face_image is not None and settings.ip_adapter_scale > 0:
         from pipeline.ip_adapter import load_adapter
         from pipeline.reference_image import load_reference_image
@@ -70,7 +70,7 @@ def run_job(
         reference = load_reference_image(request.face_image)
         adapter = load_adapter(model)
         guidance = settings.guidance_scale > 1
-        embeds_for = lambda size: adapter.image_embeds(reference, size, guidance)  # noqa: E731
+        adapter_kwargs = lambda size: adapter.pipeline_kwargs(reference, size, guidance)  # noqa: E731
         log.info("IP-Adapter %s: identity from face_image at scale %s", adapter.variant, settings.ip_adapter_scale)
     elif request.face_image is not None:
         log.info("ip_adapter_scale is 0: face_image not used")
@@ -81,11 +81,11 @@ def run_job(
             adapter.activate(settings.ip_adapter_scale)
         if request.scenes:
             prompts = scene_prompts(request.scenes, request.character, request.prompt)
-            images = _storyboard(model, device, request, settings, prompts, seed, embeds_for)
+            images = _storyboard(model, device, request, settings, prompts, seed, adapter_kwargs)
         else:
             prompts = [request.prompt] * request.num_outputs
             batch = Batch([request.prompt], request.num_outputs, seed)
-            images = generate(model, batch, request, settings, embeds_for(batch.size)).images
+            images = generate(model, batch, request, settings, adapter_kwargs(batch.size)).images
     finally:
         if adapter is not None:
             adapter.deactivate()
@@ -105,7 +105,7 @@ def run_job(
 
 def _storyboard(
     model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings,
-    prompts: list[str], seed: int, embeds_for: Any,
+    prompts: list[str], seed: int, adapter_kwargs: Any,
 ) -> list[Any]:
     """Scene ``i`` uses ``seed + i`` (as image ``i`` of any batch does), so a scene can be redone alone."""
     size = storyboard_batch_size(device, _free_gpu_bytes(device), request.width, request.height, len(prompts))
@@ -115,6 +115,6 @@ def _storyboard(
     for chunk in batches(len(prompts), size):
         label = f"scene {chunk.start + 1}" if len(chunk) == 1 else f"scenes {chunk.start + 1}-{chunk.stop}"
         batch = Batch([prompts[i] for i in chunk], 1, seed + chunk.start, label)
-        images += generate(model, batch, request, settings, embeds_for(batch.size)).images
+        images += generate(model, batch, request, settings, adapter_kwargs(batch.size)).images
     log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
     return images

@@ -32,11 +32,11 @@ MODELS: Mapping[str, ModelSpec] = {
     # negative prompt and one sampler (flow-matching Euler).
     "flux-dev": ModelSpec(
         "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", "weights/flux-dev", single_file=False, negative_prompt=False,
-        schedulers=False, ip_adapter=False, inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
+        schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
     ),
     "flux-schnell": ModelSpec(
         "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", "weights/flux-schnell", single_file=False,
-        negative_prompt=False, schedulers=False, ip_adapter=False, inpaint_pipeline_class="FluxInpaintPipeline",
+        negative_prompt=False, schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline",
         size_multiple=16,
     ),
 }

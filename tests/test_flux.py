@@ -73,7 +73,6 @@ def test_switching_models_loads_each_once(multi, caplog) -> None:
         ({"scheduler": "DDIM"}, "scheduler", "one sampler"),
         ({"width": 72, "height": 64}, "width", "a multiple of 16 for flux-dev"),
         ({"adetailer": True, "ad_negative_prompt": "ugly"}, "ad_negative_prompt", "not supported by flux-dev"),
-        ({"face_image": "/tmp/face.png"}, "face_image", "not supported with flux-dev yet"),
     ],
 )
 def test_options_flux_cannot_honour_are_refused(multi, overrides: dict, field: str, words: str) -> None:
@@ -135,3 +134,22 @@ def test_adetailer_with_flux_uses_flux_inpaint_on_the_same_weights(multi, caplog
 def test_adetailer_flag_over_flux_request(multi) -> None:
     out = multi.predict(**predict_inputs(model="flux-schnell", adetailer=True, adetailer_hands=True))
     assert Image.open(out[0]).size == (64, 64)
+
+
+def test_flux_identity_with_the_xlabs_adapter(multi, tmp_path, monkeypatch, caplog) -> None:
+    from skimage import data
+
+    from scripts.make_flux_ip_adapter import build_flux_ip_adapter
+
+    monkeypatch.setenv("FLUX_IP_ADAPTER_WEIGHTS", str(build_flux_ip_adapter(tmp_path / "flux-ip", "tiny")))
+    face = tmp_path / "face.png"
+    Image.fromarray(data.astronaut()).save(face)
+    plain = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
+    with caplog.at_level(logging.INFO):
+        first = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=str(face))))
+        again = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=str(face))))
+    after = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
+    assert "IP-Adapter xlabs: identity from face_image at scale 0.65" in caplog.text
+    assert "embedding cache hit" in caplog.text
+    assert not np.array_equal(plain, first) and np.array_equal(first, again)
+    assert np.array_equal(plain, after)  # without a face, the adapter is switched out entirely
