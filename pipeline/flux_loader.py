@@ -10,6 +10,7 @@ import logging
 
 from pipeline.loading import LoadedModel
 from pipeline.memory import apply_fp8_storage, flux_quantization_config, place_pipeline
+from pipeline.shared_components import shared_components
 from startup.backend import Backend
 from startup.weights import WeightsError, WeightsSource
 
@@ -30,10 +31,11 @@ def load_flux(source: WeightsSource, backend: Backend) -> LoadedModel:
     quantization = flux_quantization_config(profile)
     direct = backend.device == "cuda" and profile.offload == "none" and quantization is None
     device_map = backend.device if direct else None
+    shared = shared_components(source, "FluxPipeline")
     try:
         pipe = FluxPipeline.from_pretrained(
             str(source.path), dtype=getattr(torch, flux_dtype_name(backend)), use_safetensors=True,
-            local_files_only=True, device_map=device_map, quantization_config=quantization,
+            local_files_only=True, device_map=device_map, quantization_config=quantization, **shared,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise WeightsError(f"could not load {source.model} from {source.path}: {error}") from error

@@ -46,6 +46,9 @@ class ModelCache:
     def ids(self) -> list[str]:
         return list(self._models)
 
+    def entries(self) -> list[tuple[str, Any]]:
+        return list(self._models.items())
+
     def resident_bytes(self) -> int:
         return sum(self._sizes.values())
 

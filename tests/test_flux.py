@@ -153,3 +153,27 @@ def test_flux_identity_with_the_xlabs_adapter(multi, tmp_path, monkeypatch, capl
     assert "embedding cache hit" in caplog.text
     assert not np.array_equal(plain, first) and np.array_equal(first, again)
     assert np.array_equal(plain, after)  # without a face, the adapter is switched out entirely
+
+
+def test_components_shared_on_disk_are_loaded_once(multi, flux_weights, tmp_path, caplog) -> None:
+    """A schnell folder whose T5, CLIP and VAE are the dev folder's files (symlinks) reuses dev's modules."""
+    from pipeline.loading import load_model, select_model
+    from pipeline.model_cache import MODEL_CACHE
+
+    service = multi.service
+    dev = select_model("flux-dev", service.default_source, service.available, service.backend)
+    schnell_dir = tmp_path / "flux-schnell-shared"
+    schnell_dir.mkdir()
+    for entry in flux_weights["flux-schnell"].iterdir():
+        target = flux_weights["flux-dev"] / entry.name if entry.name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae") else entry
+        (schnell_dir / entry.name).symlink_to(target)
+    os.environ["FLUX_SCHNELL_WEIGHTS"] = str(schnell_dir)
+    try:
+        with caplog.at_level(logging.INFO):
+            schnell = load_model("flux-schnell", service.backend)
+    finally:
+        os.environ["FLUX_SCHNELL_WEIGHTS"] = str(flux_weights["flux-schnell"])
+        MODEL_CACHE.evict(schnell.source.model_id)
+    assert schnell.pipe.text_encoder_2 is dev.pipe.text_encoder_2 and schnell.pipe.vae is dev.pipe.vae
+    assert schnell.pipe.transformer is not dev.pipe.transformer
+    assert "flux-schnell: text_encoder_2 shared with resident flux-dev (same files)" in caplog.text
