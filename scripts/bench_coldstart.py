@@ -8,8 +8,9 @@ For each page-cache state (warm, and dropped for the weight files) and --runs ti
   * the time to read the weight bytes from disk with the cache dropped.
 It prints a markdown table with medians and ratios and writes JSON and the table to --out.
 
-GPU (full-size random SDXL):
+GPU (full-size random SDXL, then Flux-dev in bf16):
     python scripts/bench_coldstart.py --weights weights/sdxl-full --build full
+    python scripts/bench_coldstart.py --model flux-dev --weights weights/flux-dev-full --build dev
 CI (tiny weights on the CPU; checks every stage reported and the chain completed, never a time):
     python scripts/bench_coldstart.py --ci
 """
@@ -75,11 +76,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def service_to_ready(weights: Path, workdir: Path) -> dict[str, Any]:
+def service_to_ready(weights: Path, workdir: Path, model: str) -> dict[str, Any]:
     """Spawn the real server and time it to READY; return that and the service's own stage record."""
     port = free_port()
     timings = workdir / f"startup-{port}.json"
-    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(timings))
+    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(timings), DEFAULT_MODEL=model)
     log = (workdir / f"server-{port}.log").open("wb")
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -109,20 +110,22 @@ def service_to_ready(weights: Path, workdir: Path) -> dict[str, Any]:
     return {"ready_s": ready, "record": json.loads(timings.read_text())}
 
 
-def plain_diffusers_seconds(weights: Path) -> float:
+def plain_diffusers_seconds(weights: Path, model: str) -> float:
+    flux = model.startswith("flux")
+    pipeline_class = "FluxPipeline" if flux else "StableDiffusionXLPipeline"
     code = (
         "import torch\n"
-        "from diffusers import StableDiffusionXLPipeline\n"
+        f"from diffusers import {pipeline_class}\n"
         "cuda = torch.cuda.is_available()\n"
-        f"pipe = StableDiffusionXLPipeline.from_pretrained({str(weights)!r}, local_files_only=True,"
-        " dtype=torch.float16 if cuda else torch.float32)\n"
+        f"pipe = {pipeline_class}.from_pretrained({str(weights)!r}, local_files_only=True,"
+        f" dtype=torch.{'bfloat16' if flux else 'float16'} if cuda else torch.float32)\n"
         "pipe.to('cuda' if cuda else 'cpu')\n"
         "torch.cuda.synchronize() if cuda else None\n"
     )
     return wall([sys.executable, "-c", code])
 
 
-def measure(weights: Path, cache: str, runs: int, workdir: Path) -> dict[str, Any]:
+def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str) -> dict[str, Any]:
     files = weight_files(weights)
     rows: dict[str, list[float]] = {"import_torch_s": [], "service_ready_s": [], "plain_diffusers_s": [], "weights_read_s": []}
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
@@ -133,14 +136,14 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path) -> dict[str, An
             drop_page_cache(files)
             rows["weights_read_s"].append(read_seconds(files))
             drop_page_cache(files)
-        result = service_to_ready(weights, workdir)
+        result = service_to_ready(weights, workdir, model)
         rows["service_ready_s"].append(result["ready_s"])
         records.append(result["record"])
         for stage in result["record"]["stages"]:
             stages.setdefault(stage["name"], []).append(stage["seconds"])
         if cache == "dropped":
             drop_page_cache(files)
-        rows["plain_diffusers_s"].append(plain_diffusers_seconds(weights))
+        rows["plain_diffusers_s"].append(plain_diffusers_seconds(weights, model))
     medians = {key: statistics.median(values) for key, values in rows.items() if values}
     return {
         "cache": cache, "runs": runs, "medians": medians, "all": rows,
@@ -182,8 +185,10 @@ def check_chain(results: list[dict[str, Any]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, help="a diffusers SDXL folder")
-    parser.add_argument("--build", choices=["tiny", "full"], help="build random weights at --weights if missing")
+    parser.add_argument("--model", choices=["sdxl", "flux-dev", "flux-schnell"], default="sdxl")
+    parser.add_argument("--weights", type=Path, help="the model's diffusers folder")
+    parser.add_argument("--build", choices=["tiny", "full", "dev", "schnell", "tiny-schnell"],
+                        help="build random weights at --weights if missing (tiny/full: SDXL; tiny/dev/schnell...: Flux)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache", choices=["warm", "dropped", "both"], default="both")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
@@ -195,10 +200,14 @@ def main() -> None:
     if args.weights is None:
         parser.error("--weights is required (or --ci)")
     if args.build and not (args.weights / "model_index.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_weights.py"), "--size", args.build,
-                        "--out", str(args.weights)], check=True, cwd=ROOT)
+        if args.model == "sdxl":
+            build = ["make_weights.py", "--size", args.build]
+        else:
+            build = ["make_flux.py", "--variant", args.build]
+        subprocess.run([sys.executable, str(ROOT / "scripts" / build[0]), *build[1:], "--out", str(args.weights)],
+                       check=True, cwd=ROOT)
     caches = ["warm", "dropped"] if args.cache == "both" else [args.cache]
-    results = [measure(args.weights, cache, args.runs, workdir) for cache in caches]
+    results = [measure(args.weights, cache, args.runs, workdir, args.model) for cache in caches]
     device = results[0]["records"][0].get("device", "?")
     if device == "cuda":
         import torch
@@ -206,10 +215,11 @@ def main() -> None:
         device = torch.cuda.get_device_name()
     table = markdown(results, device)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "coldstart.json").write_text(json.dumps({"device": device, "weights": str(args.weights), "results": results}, indent=2))
-    (args.out / "coldstart.md").write_text(table)
+    stem = "coldstart" if args.model == "sdxl" else f"coldstart-{args.model}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"device": device, "model": args.model, "weights": str(args.weights), "results": results}, indent=2))
+    (args.out / f"{stem}.md").write_text(table)
     print(table)
-    print(f"wrote {args.out / 'coldstart.json'} and {args.out / 'coldstart.md'}")
+    print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")
     problems = check_chain(results)
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)

@@ -21,13 +21,17 @@ def server_command(host: str, extra: list[str]) -> list[str]:
 
 
 def server_env(port: int, weights: str | None) -> dict[str, str]:
-    """The server starts its worker with ``python`` from PATH, so this interpreter's folder goes first."""
+    """The server starts its worker with ``python`` from PATH, so this interpreter's folder goes first.
+    ``weights`` are the default model's ($DEFAULT_MODEL, sdxl when unset)."""
+    sys.path.insert(0, str(ROOT))
+    from pipeline.models import MODELS, default_model_name
+
     env = dict(os.environ)
     env["COG_PREDICT_TYPE_STUB"] = "predict.py:Predictor"
     env["PORT"] = str(port)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if weights:
-        env["SDXL_WEIGHTS"] = weights
+        env[MODELS[default_model_name()].weights_env] = weights
     return env
 
 
@@ -35,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--weights", help="weights path or URL (default: $SDXL_WEIGHTS)")
+    parser.add_argument("--weights", help="the default model's weights path or URL (default: $SDXL_WEIGHTS)")
     args, extra = parser.parse_known_args()
     os.chdir(ROOT)
     command = server_command(args.host, extra)
