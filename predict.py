@@ -49,7 +49,7 @@ def field(name: str) -> Any:
 
 class Predictor(BasePredictor):
     def setup(self, weights: Optional[Any] = None) -> None:
-        """Run the timed start-up chain; ``weights`` (Cog's COG_WEIGHTS) overrides $SDXL_WEIGHTS."""
+        """Run the timed start-up chain; ``weights`` (Cog's COG_WEIGHTS) are the default model's, over its env var."""
         self.service: ReadyService = run_startup(str(weights) if weights else None)
         self.output_root = _LocalPath(tempfile.mkdtemp(prefix="predictions-"))
         self.count = 0
