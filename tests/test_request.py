@@ -128,3 +128,13 @@ def test_cog_inputs_are_declared_from_the_same_table() -> None:
         assert (info.default, info.ge, info.le) == (spec.default, spec.minimum, spec.maximum), name
         assert info.choices == (list(spec.choices) if spec.choices else None), name
         assert info.description, name
+
+
+def test_cogs_own_inspector_accepts_the_predictor() -> None:
+    """What `cog build` runs to write the schema: every input's type, default and bounds must pass it."""
+    from cog._inspector import create_predictor
+
+    from adetailer.args import AD_FIELDS
+
+    info = create_predictor("predict", "Predictor")
+    assert set(info.inputs) == set(FIELDS) | set(AD_FIELDS)
