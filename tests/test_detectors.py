@@ -163,6 +163,7 @@ def test_yolo_box_model(yolo_folder: Path) -> None:
     image = ultralytics_asset("bus.jpg")
     found = detector.detect(image, 0.0001)
     assert_well_formed(found, image.size, "face_yolov8n")
+    assert len(found) > 0  # seeded random weights score some boxes above 0.0001 on this photo
     assert all(score >= 0.0001 for score in found.scores)
     assert all(is_filled_box(mask, box) for mask, box in zip(found.masks, found.boxes))
 
@@ -173,8 +174,8 @@ def test_yolo_segmentation_model(yolo_folder: Path) -> None:
     image = ultralytics_asset("bus.jpg").convert("RGBA")
     found = detector.detect(image, 0.0001)
     assert_well_formed(found, image.size, "person_yolov8n-seg")
-    if len(found):
-        assert not all(is_filled_box(mask, box) for mask, box in zip(found.masks, found.boxes))
+    assert len(found) > 0  # seeded random weights score some segments above 0.0001 on this photo
+    assert not all(is_filled_box(mask, box) for mask, box in zip(found.masks, found.boxes))
 
 
 def test_yolo_masks_come_from_segments_and_are_resized() -> None:
