@@ -24,19 +24,31 @@ class ModelCache:
     def __init__(self) -> None:
         self._models: "OrderedDict[str, Any]" = OrderedDict()  # least recently used first
         self._sizes: dict[str, int] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the tables above, never held during a load
+        self._loading: dict[str, threading.Lock] = {}  # one per id: a load blocks only its own id
 
     def get_or_load(self, model_id: str, load: Callable[[], T], size_bytes: int = 0) -> T:
-        """Return the cached object for ``model_id``, calling ``load`` only the first time."""
+        """Return the cached object for ``model_id``, calling ``load`` only the first time.
+
+        Concurrent callers for the same id wait for the one load; callers for other ids do not
+        (a background warm-up of an optional part never holds up the request path).
+        """
         with self._lock:
             if model_id in self._models:
                 self._models.move_to_end(model_id)
                 log.info("model %s already loaded; reusing it", model_id)
                 return self._models[model_id]
+            loading = self._loading.setdefault(model_id, threading.Lock())
+        with loading:
+            with self._lock:
+                if model_id in self._models:  # loaded by whoever held the lock before us
+                    return self._models[model_id]
             started = time.perf_counter()
             model = load()
-            self._models[model_id] = model
-            self._sizes[model_id] = size_bytes
+            with self._lock:
+                self._models[model_id] = model
+                self._sizes[model_id] = size_bytes
+                self._loading.pop(model_id, None)
             log.info("model %s loaded in %.2f s", model_id, time.perf_counter() - started)
             return model
 

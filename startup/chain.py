@@ -11,6 +11,7 @@ load on the first request that asks for them.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,6 +22,7 @@ from startup.backend import Backend, configure_backend, start_device_init
 from startup.cmdargs import filter_sys_argv
 from startup.install_guard import install_guard, package_report
 from startup.logs import configure_logging
+from startup.optional_parts import requested_parts, start_preload
 from startup.prefetch import start_prefetch
 from startup.timers import StageTimer
 from startup.weights import WeightsSource, configured_weights, resolve_weights
@@ -43,6 +45,7 @@ class ReadyService:
     default_source: WeightsSource
     timings: dict
     available: tuple[str, ...]  # models whose weights are configured; the default first
+    preload: Optional[threading.Thread] = None  # the optional parts' background warm-up, if asked for
 
     @property
     def model(self) -> LoadedModel:
@@ -86,6 +89,7 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
                 ", ".join(f"{name} {version or 'not installed'}" for name, version in packages.items()),
             )
         default_model = default_model_name()
+        optional = requested_parts()
         setting = configured_weights(weights, default_model)
         with timer.stage("prefetch"):
             prefetch = start_prefetch(setting)
@@ -107,4 +111,5 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
     timings = timer.finish(device=backend.device, dtype=backend.dtype_name, weights=str(source.path), model=default_model)
     available = tuple(name for name in available_models(weights, default_model) if name != default_model)
     log.info("models: %s loaded (default)%s", default_model, "; on demand: " + ", ".join(available) if available else "")
-    return ReadyService(backend, source, timings, (default_model, *available))
+    preload = start_preload(load_source(source, backend), optional)
+    return ReadyService(backend, source, timings, (default_model, *available), preload)

@@ -80,3 +80,27 @@ def test_cuda_loads_place_weights_with_device_map_and_skip_the_copy(tiny_weights
     seen.clear()
     load_sdxl(resolve_weights(str(tiny_weights)), cpu)
     assert seen["device_map"] is None and seen["to"] == "cpu"
+
+
+def test_optional_parts_preload_in_the_background_only_when_asked(tiny_weights: Path, ip_adapter_weights: Path,
+                                                                   tmp_path: Path, monkeypatch, capfd) -> None:
+    from pipeline.model_cache import MODEL_CACHE
+    from startup.chain import run_startup
+    from startup.optional_parts import requested_parts
+
+    assert requested_parts({}) == []
+    with pytest.raises(ValueError, match="unknown part.*facefix"):
+        requested_parts({"PRELOAD_OPTIONAL": "adetailer,facefix"})
+    monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(ip_adapter_weights))
+    monkeypatch.setenv("PRELOAD_OPTIONAL", "adetailer,ip_adapter")
+    service = run_startup(str(tiny_weights), timings_path=tmp_path / "t.json")
+    assert service.preload is not None
+    service.preload.join(120)
+    err = capfd.readouterr().err
+    assert "[Timer: optional:adetailer]" in err and "[Timer: optional:ip_adapter]" in err
+    model_id = service.default_source.model_id
+    ids = MODEL_CACHE.ids()
+    assert f"inpaint:{model_id}" in ids and any(i.startswith("detector:mediapipe_face") for i in ids)
+    assert any(i.startswith("ip-adapter:") and i.endswith(model_id) for i in ids)
+    monkeypatch.delenv("PRELOAD_OPTIONAL")
+    assert run_startup(str(tiny_weights), timings_path=tmp_path / "u.json").preload is None

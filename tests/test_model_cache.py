@@ -47,3 +47,29 @@ def test_room_is_not_made_when_it_fits() -> None:
     cache.get_or_load("sdxl:/a", object, size_bytes=10)
     cache.make_room(10, lambda: 50, keep="flux-dev:/b")
     assert cache.ids() == ["sdxl:/a"]
+
+
+def test_a_slow_load_blocks_only_its_own_id() -> None:
+    import threading
+    import time
+
+    cache = ModelCache()
+    release = threading.Event()
+    calls = []
+
+    def slow() -> str:
+        calls.append("slow")
+        release.wait(5)
+        return "slow model"
+
+    first = threading.Thread(target=cache.get_or_load, args=("detector:x", slow))
+    second = threading.Thread(target=cache.get_or_load, args=("detector:x", slow))
+    first.start()
+    time.sleep(0.05)
+    second.start()
+    assert cache.get_or_load("sdxl:/a", lambda: "fast model") == "fast model"
+    assert first.is_alive() and "detector:x" not in cache  # the slow load is still going: we did not wait for it
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert calls == ["slow"] and cache.get_or_load("detector:x", slow) == "slow model"

@@ -130,6 +130,7 @@ def test_cog_inputs_are_declared_from_the_same_table() -> None:
         assert info.description, name
 
 
+@pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # predict()/BasePredictor, kept on purpose
 def test_cogs_own_inspector_accepts_the_predictor() -> None:
     """What `cog build` runs to write the schema: every input's type, default and bounds must pass it."""
     from cog._inspector import create_predictor
