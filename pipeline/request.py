@@ -17,7 +17,7 @@ from pipeline.schedulers import SCHEDULER_NAMES
 from pipeline.storyboard import MAX_SCENES, parse_scenes
 from presets import PRESET_NAMES
 
-__all__ = ["ASPECT_RATIOS", "FIELDS", "GenerationRequest", "InputError", "parse_request"]
+__all__ = ["ASPECT_RATIOS", "FIELDS", "GenerationRequest", "InputError", "check_model_options", "parse_request"]
 
 # Replicate's usual aspect ratios, mapped to SDXL's trained ~1 megapixel buckets (multiples of 64).
 ASPECT_RATIOS: Mapping[str, tuple[int, int]] = {
