@@ -56,8 +56,9 @@ def weight_bytes(source: WeightsSource) -> int:
 def load_source(source: WeightsSource, backend: Backend) -> LoadedModel:
     """Build the pipeline for a resolved source, once: a cached model is returned as it is. If memory
     is short, least recently used models are evicted first."""
-    size = weight_bytes(source)
-    if source.model_id not in MODEL_CACHE:
+    size = 0
+    if source.model_id not in MODEL_CACHE:  # sized (a walk of its files) only when it must load
+        size = weight_bytes(source)
         MODEL_CACHE.make_room(size, free_bytes(backend), keep=source.model_id)
 
     def build() -> LoadedModel:
