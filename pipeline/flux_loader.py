@@ -7,10 +7,13 @@ the CPU keeps the backend's fp32.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
+from pipeline.component_build import streamed_components
 from pipeline.loading import LoadedModel
-from pipeline.memory import apply_fp8_storage, flux_quantization_config, place_pipeline
+from pipeline.memory import apply_fp8_storage, flux_quantization_config, place_pipeline, quantized_at_load
 from pipeline.shared_components import shared_components
+from pipeline.weight_stream import WeightStream
 from startup.backend import Backend
 from startup.weights import WeightsError, WeightsSource
 
@@ -21,9 +24,11 @@ def flux_dtype_name(backend: Backend) -> str:
     return "bfloat16" if backend.device == "cuda" else backend.dtype_name
 
 
-def load_flux(source: WeightsSource, backend: Backend) -> LoadedModel:
+def load_flux(source: WeightsSource, backend: Backend, stream: Optional[WeightStream] = None) -> LoadedModel:
     """Load under the backend's hardware profile: bitsandbytes int8/nf4 while loading, fp8 weight
-    storage after it, then the profile's slicing/offload switches."""
+    storage after it, then the profile's slicing/offload switches. Components that are neither
+    quantized at load nor shared with a resident model are built from a weight stream (``stream``,
+    started early by the start-up chain, or here): see ``pipeline.component_build``."""
     import torch
     from diffusers import FluxPipeline
 
@@ -32,10 +37,15 @@ def load_flux(source: WeightsSource, backend: Backend) -> LoadedModel:
     direct = backend.device == "cuda" and profile.offload == "none" and quantization is None
     device_map = backend.device if direct else None
     shared = shared_components(source, "FluxPipeline")
+    dtype = getattr(torch, flux_dtype_name(backend))
     try:
+        built = {}
+        if profile.offload == "none":
+            skip = set(shared) | quantized_at_load(profile, "FluxPipeline")
+            built = streamed_components(source.path, dtype, backend.device, skip=skip, stream=stream)
         pipe = FluxPipeline.from_pretrained(
-            str(source.path), dtype=getattr(torch, flux_dtype_name(backend)), use_safetensors=True,
-            local_files_only=True, device_map=device_map, quantization_config=quantization, **shared,
+            str(source.path), dtype=dtype, use_safetensors=True, local_files_only=True, device_map=device_map,
+            quantization_config=quantization, **shared, **built,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise WeightsError(f"could not load {source.model} from {source.path}: {error}") from error

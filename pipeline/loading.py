@@ -53,9 +53,22 @@ def weight_bytes(source: WeightsSource) -> int:
     return sum(path.stat().st_size for path in weight_files(source.path))
 
 
-def load_source(source: WeightsSource, backend: Backend) -> LoadedModel:
+def start_weight_stream(source: WeightsSource, backend: Backend, ready: Optional[Any] = None) -> Optional[Any]:
+    """Start streaming ``source``'s model files onto the device now (the start-up chain does this
+    before the imports, which the stream then overlaps); None where the loader will not use one."""
+    from pipeline.component_build import start_stream
+    from pipeline.memory import quantized_at_load
+
+    if source.layout != "diffusers" or backend.settings.offload != "none":
+        return None
+    skip = quantized_at_load(backend.settings, MODELS[source.model].pipeline_class)
+    return start_stream(source.path, backend.device, skip, ready)
+
+
+def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] = None) -> LoadedModel:
     """Build the pipeline for a resolved source, once: a cached model is returned as it is. If memory
-    is short, least recently used models are evicted first."""
+    is short, least recently used models are evicted first. ``stream``: this source's weight stream,
+    already started (see ``start_weight_stream``)."""
     size = 0
     if source.model_id not in MODEL_CACHE:  # sized (a walk of its files) only when it must load
         size = weight_bytes(source)
@@ -65,10 +78,10 @@ def load_source(source: WeightsSource, backend: Backend) -> LoadedModel:
         if MODELS[source.model].pipeline_class == "FluxPipeline":
             from pipeline.flux_loader import load_flux
 
-            return load_flux(source, backend)
+            return load_flux(source, backend, stream=stream)
         from pipeline.sdxl_loader import load_sdxl
 
-        return load_sdxl(source, backend)
+        return load_sdxl(source, backend, stream=stream)
 
     return MODEL_CACHE.get_or_load(source.model_id, build, size_bytes=size)
 

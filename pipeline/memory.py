@@ -18,6 +18,13 @@ log = logging.getLogger(__name__)
 FLUX_QUANTIZED = {"transformer": "flux_quantization", "text_encoder_2": "t5_quantization"}
 
 
+def quantized_at_load(profile: Profile, pipeline_class: str) -> set[str]:
+    """The components bitsandbytes quantizes while loading (they load through the library itself)."""
+    if pipeline_class != "FluxPipeline":
+        return set()
+    return {name for name, setting in FLUX_QUANTIZED.items() if getattr(profile, setting) in ("int8", "nf4")}
+
+
 def _bnb_config(kind: str, library: str) -> Any:
     import torch
 

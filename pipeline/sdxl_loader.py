@@ -11,8 +11,10 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from pipeline.component_build import streamed_components
 from pipeline.loading import LoadedModel
 from pipeline.memory import place_pipeline
+from pipeline.weight_stream import WeightStream
 from startup.backend import Backend
 from startup.weights import WeightsError, WeightsSource
 
@@ -21,8 +23,13 @@ log = logging.getLogger(__name__)
 SHIPPED_CONFIG = Path(__file__).resolve().parent / "configs" / "sdxl"
 
 
-def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optional[Path] = None) -> LoadedModel:
-    """Build the SDXL pipeline from ``source`` in the backend's precision and move it to its device."""
+def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optional[Path] = None,
+              stream: Optional[WeightStream] = None) -> LoadedModel:
+    """Build the SDXL pipeline from ``source`` in the backend's precision and move it to its device.
+
+    A diffusers folder placed whole on one device has its models built from a weight stream
+    (``stream``, started early by the start-up chain, or here): see ``pipeline.component_build``.
+    """
     from diffusers import StableDiffusionXLPipeline
 
     # On CUDA, device_map places each tensor on the GPU as it is read, instead of building the
@@ -31,11 +38,13 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
     profile = backend.settings
     direct = backend.device == "cuda" and source.layout == "diffusers" and profile.offload == "none"
     device_map = backend.device if direct else None
+    streamable = source.layout == "diffusers" and profile.offload == "none"
     try:
         if source.layout == "diffusers":
+            built = streamed_components(source.path, backend.dtype, backend.device, stream=stream) if streamable else {}
             pipe = StableDiffusionXLPipeline.from_pretrained(
                 str(source.path), dtype=backend.dtype, use_safetensors=True, local_files_only=True,
-                device_map=device_map,
+                device_map=device_map, **built,
             )
         else:
             pipe = StableDiffusionXLPipeline.from_single_file(

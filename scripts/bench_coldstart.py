@@ -4,6 +4,9 @@ For each page-cache state (warm, and dropped for the weight files) and --runs ti
   * the floor: ``python -c "import torch"``;
   * the service: ``scripts/serve.py`` (the real Cog HTTP server) from spawn to READY, plus every
     ``[Timer: stage]`` from the service's timings JSON;
+  * the service again with each --variant's environment (by default the weight stream switched the
+    other way from the device's default: ``FAST_LOAD=0`` on a GPU, ``FAST_LOAD=1`` on the CPU, so
+    what it changes is measured in the same run, and CI runs both start-up paths);
   * plain diffusers: ``from_pretrained`` + ``.to(device)`` in a fresh process;
   * the time to read the weight bytes from disk with the cache dropped.
 It prints a markdown table with medians and ratios and writes JSON and the table to --out.
@@ -76,11 +79,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def service_to_ready(weights: Path, workdir: Path, model: str) -> dict[str, Any]:
+def parse_variant(text: str) -> dict[str, str]:
+    """``FAST_LOAD=0,WEIGHT_STREAM_WORKERS=8`` -> {"FAST_LOAD": "0", "WEIGHT_STREAM_WORKERS": "8"}."""
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
+def service_to_ready(weights: Path, workdir: Path, model: str, extra_env: Optional[dict] = None) -> dict[str, Any]:
     """Spawn the real server and time it to READY; return that and the service's own stage record."""
     port = free_port()
     timings = workdir / f"startup-{port}.json"
-    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(timings), DEFAULT_MODEL=model)
+    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(timings), DEFAULT_MODEL=model, **(extra_env or {}))
     log = (workdir / f"server-{port}.log").open("wb")
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -125,10 +133,12 @@ def plain_diffusers_seconds(weights: Path, model: str) -> float:
     return wall([sys.executable, "-c", code])
 
 
-def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str) -> dict[str, Any]:
+def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, variants: list[str]) -> dict[str, Any]:
     files = weight_files(weights)
     rows: dict[str, list[float]] = {"import_torch_s": [], "service_ready_s": [], "plain_diffusers_s": [], "weights_read_s": []}
+    rows.update({f"service_ready_s[{variant}]": [] for variant in variants})
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    variant_load: dict[str, list[float]] = {variant: [] for variant in variants}
     records = []
     for _ in range(runs):
         rows["import_torch_s"].append(wall([sys.executable, "-c", "import torch"]))
@@ -141,6 +151,13 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str) -> 
         records.append(result["record"])
         for stage in result["record"]["stages"]:
             stages.setdefault(stage["name"], []).append(stage["seconds"])
+        for variant in variants:
+            if cache == "dropped":
+                drop_page_cache(files)
+            other = service_to_ready(weights, workdir, model, parse_variant(variant))
+            rows[f"service_ready_s[{variant}]"].append(other["ready_s"])
+            records.append(other["record"])
+            variant_load[variant] += [s["seconds"] for s in other["record"]["stages"] if s["name"] == "load"]
         if cache == "dropped":
             drop_page_cache(files)
         rows["plain_diffusers_s"].append(plain_diffusers_seconds(weights, model))
@@ -148,6 +165,7 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str) -> 
     return {
         "cache": cache, "runs": runs, "medians": medians, "all": rows,
         "stage_medians": {name: statistics.median(v) for name, v in stages.items() if v},
+        "variant_load_medians": {name: statistics.median(v) for name, v in variant_load.items() if v},
         "records": records, "weight_bytes": sum(f.stat().st_size for f in files),
     }
 
@@ -164,6 +182,15 @@ def markdown(results: list[dict[str, Any]], device: str) -> str:
             f"{m['service_ready_s'] - m['import_torch_s']:.2f} | {m['plain_diffusers_s']:.2f} | "
             f"{m['service_ready_s'] / m['plain_diffusers_s']:.2f} | {read} |"
         )
+    variants = [key[len("service_ready_s["):-1] for key in results[0]["medians"] if key.startswith("service_ready_s[")]
+    if variants:
+        lines += ["", "| page cache | variant | service to READY | its load stage | this service / variant |", "| --- | --- | --- | --- | --- |"]
+        for result in results:
+            m = result["medians"]
+            for variant in variants:
+                ready = m[f"service_ready_s[{variant}]"]
+                lines.append(f"| {result['cache']} | `{variant}` | {ready:.2f} | "
+                             f"{result['variant_load_medians'].get(variant, float('nan')):.3f} | {m['service_ready_s'] / ready:.2f} |")
     lines += ["", "| stage | " + " | ".join(r["cache"] for r in results) + " |", "| --- |" + " --- |" * len(results)]
     for name in STAGES:
         lines.append(f"| {name} | " + " | ".join(f"{r['stage_medians'].get(name, float('nan')):.3f}" for r in results) + " |")
@@ -192,6 +219,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache", choices=["warm", "dropped", "both"], default="both")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
+    parser.add_argument("--variant", action="append", default=None,
+                        help="VAR=VALUE[,VAR=VALUE]: also time the service with this environment (repeatable; "
+                             "default: FAST_LOAD the other way from the device default; --variant none for none)")
     parser.add_argument("--ci", action="store_true", help="tiny weights, one run per cache state, check the chain")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="coldstart-"))
@@ -207,7 +237,12 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "scripts" / build[0]), *build[1:], "--out", str(args.weights)],
                        check=True, cwd=ROOT)
     caches = ["warm", "dropped"] if args.cache == "both" else [args.cache]
-    results = [measure(args.weights, cache, args.runs, workdir, args.model) for cache in caches]
+    if args.variant is None:
+        import torch
+
+        args.variant = ["FAST_LOAD=0" if torch.cuda.is_available() else "FAST_LOAD=1"]
+    variants = [v for v in args.variant if v != "none"]
+    results = [measure(args.weights, cache, args.runs, workdir, args.model, variants) for cache in caches]
     device = results[0]["records"][0].get("device", "?")
     if device == "cuda":
         import torch
