@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pipeline.fields import InputError
 from pipeline.model_cache import MODEL_CACHE
 from pipeline.models import MODELS, ModelSpec
+from pipeline.speed import SpeedSettings, apply_at_load, speed_settings
 from startup.backend import Backend
 from startup.profiles import Profile
 from startup.prefetch import weight_files
@@ -27,6 +28,8 @@ class LoadedModel:
     base_scheduler_config: Mapping[str, Any]
     source: WeightsSource
     profile: Optional[Profile] = None  # the hardware profile it was loaded under
+    speed: SpeedSettings = SpeedSettings()  # generation speed switches in force (pipeline.speed)
+    graphs: Optional[Any] = None  # the denoiser's CUDA graphs (pipeline.cuda_graphs), when in use
 
     @property
     def spec(self) -> ModelSpec:
@@ -51,6 +54,25 @@ def free_bytes(backend: Backend) -> Callable[[], int]:
 
 def weight_bytes(source: WeightsSource) -> int:
     return sum(path.stat().st_size for path in weight_files(source.path))
+
+
+def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
+    """Apply the device's speed settings to a freshly loaded model. CUDA graphs only where the
+    weights stay put as plain tensors: offloading moves them, fp8 storage re-casts them on every
+    call and bitsandbytes' layers branch on the host, none of which a graph can replay."""
+    settings = speed_settings(backend.device)
+    profile = model.profile or backend.settings
+    plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
+    if settings.cuda_graphs and not (plain and backend.device == "cuda"):
+        settings = replace(settings, cuda_graphs=False)
+    apply_at_load(model.pipe, settings)
+    model.speed = settings
+    if settings.cuda_graphs:
+        from pipeline.cuda_graphs import graph_runner
+
+        model.graphs = graph_runner(model.pipe)
+    log.info("%s speed settings: %s", model.source.model, settings.describe())
+    return model
 
 
 def start_weight_stream(source: WeightsSource, backend: Backend, ready: Optional[Any] = None) -> Optional[Any]:
@@ -78,10 +100,12 @@ def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] =
         if MODELS[source.model].pipeline_class == "FluxPipeline":
             from pipeline.flux_loader import load_flux
 
-            return load_flux(source, backend, stream=stream)
-        from pipeline.sdxl_loader import load_sdxl
+            model = load_flux(source, backend, stream=stream)
+        else:
+            from pipeline.sdxl_loader import load_sdxl
 
-        return load_sdxl(source, backend, stream=stream)
+            model = load_sdxl(source, backend, stream=stream)
+        return with_speedups(model, backend)
 
     return MODEL_CACHE.get_or_load(source.model_id, build, size_bytes=size)
 

@@ -1,0 +1,102 @@
+"""Generation speed switches, from data (``pipeline/configs/speed.json``) with per-device defaults
+and ``$SPEED_<NAME>`` overrides, so the benchmark can measure each one alone and an operator can
+turn any off.
+
+The switches that change a model's modules (fused QKV, channels-last layout) are applied once when
+the model loads; the ones that act per call (attention kernel priority, CUDA graphs, VAE decode
+precision) are read by ``pipeline.generate``. Off CUDA every switch defaults to off, which keeps the
+CPU path pixel-identical to plain diffusers (``tests/test_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+CONFIG = Path(__file__).resolve().parent / "configs" / "speed.json"
+ENV_PREFIX = "SPEED_"
+OFF = {"fuse_qkv": False, "channels_last": False, "cuda_graphs": False, "vae_decode": "exact", "attention": "auto"}
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    vae_decode: str = "exact"  # "exact" (diffusers' own decode) or "bfloat16"
+    attention: str = "auto"  # SDPA kernel tried first: auto, cudnn, flash, efficient
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
+
+
+def _parse(name: str, raw: str, spec: Mapping[str, Any]) -> Any:
+    if isinstance(OFF[name], bool):
+        lowered = raw.lower()
+        if lowered in ("1", "true", "on", "yes"):
+            return True
+        if lowered in ("0", "false", "off", "no"):
+            return False
+        raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: allowed 1 or 0")
+    if raw not in spec["choices"]:
+        raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: allowed {', '.join(spec['choices'])}")
+    return raw
+
+
+def speed_settings(device: str, env: Optional[Mapping[str, str]] = None) -> SpeedSettings:
+    """The settings for ``device``: its defaults from the data file, then the environment's overrides."""
+    env = os.environ if env is None else env
+    table = json.loads(CONFIG.read_text())
+    values = {}
+    for name, off in OFF.items():
+        spec = table[name]
+        value = spec["default"].get(device, off)
+        raw = env.get(ENV_PREFIX + name.upper())
+        values[name] = _parse(name, raw, spec) if raw else value
+    return SpeedSettings(**values)
+
+
+def apply_at_load(pipe: Any, settings: SpeedSettings) -> None:
+    """Change the loaded model's modules as the settings ask (before any adapter is attached, so
+    an IP-Adapter's saved 'plain' processors are the fused ones)."""
+    import torch
+
+    unet = getattr(pipe, "unet", None)
+    transformer = getattr(pipe, "transformer", None)
+    if settings.fuse_qkv:
+        if unet is not None:
+            pipe.fuse_qkv_projections(unet=True, vae=True)
+        elif transformer is not None:
+            transformer.fuse_qkv_projections()
+    if settings.channels_last:
+        for module in (unet, pipe.vae):  # Flux's transformer has no convolutions
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+
+
+ATTENTION_ORDER = {
+    "cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "flash": ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "efficient": ("EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION", "MATH"),
+}
+
+
+@contextlib.contextmanager
+def attention_kernels(settings: SpeedSettings) -> Iterator[None]:
+    """Within the block, SDPA tries the chosen kernel first (both SDXL's processors and Flux's
+    attention dispatcher call SDPA); 'auto' leaves PyTorch's order alone."""
+    if settings.attention == "auto":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [getattr(SDPBackend, name) for name in ATTENTION_ORDER[settings.attention]]
+    with sdpa_kernel(order, set_priority=True):
+        yield
