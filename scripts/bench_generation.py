@@ -3,14 +3,21 @@
 For each size and step count: plain diffusers (``from_pretrained`` + ``.to(device)``, its default
 settings) and then the service's own pipeline (start-up chain + ``pipeline.generate``), each with a
 warm-up and the median of --runs; it/s, peak GPU memory, the speed ratio, and the largest pixel
-difference between the two images for the same seed (the equivalence check). Prints a markdown table,
-writes JSON and the table.
+difference between the two images for the same seed (the equivalence check). The warm-up's own time
+is reported too: it includes any CUDA-graph capture, which a new size costs once.
+
+``--ablate`` adds one service row per speed switch (``pipeline/configs/speed.json``) flipped from
+its default, each on a freshly loaded model, so every switch's contribution and deviation is
+measured in the same run; ``--variant SPEED_X=v[,...]`` adds rows with any other settings.
+Prints a markdown table, writes JSON and the table.
 
 GPU (full-size random weights):
     python scripts/make_weights.py --size full --out weights/sdxl-full
-    python scripts/bench_generation.py --model sdxl --weights weights/sdxl-full --cases 1024x1024x20,768x768x15
+    python scripts/bench_generation.py --model sdxl --weights weights/sdxl-full --cases 1024x1024x20,768x768x15 --ablate
     python scripts/make_flux.py --variant dev --out weights/flux-dev-full
-    python scripts/bench_generation.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28
+    python scripts/bench_generation.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28 --ablate
+    python scripts/make_flux.py --variant schnell --out weights/flux-schnell-full
+    python scripts/bench_generation.py --model flux-schnell --weights weights/flux-schnell-full --cases 1024x1024x4
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
     python scripts/bench_generation.py --model sdxl --weights weights/sdxl-tiny --cases 256x256x4 --runs 2
 """
@@ -18,6 +25,7 @@ CPU smoke run (tiny weights; the figures mean nothing for a GPU):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -25,7 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,16 +47,70 @@ def parse_cases(text: str) -> list[tuple[int, int, int]]:
     return [tuple(int(part) for part in case.split("x")) for case in text.split(",")]  # type: ignore[misc]
 
 
-def timed_runs(run: Callable[[], Any], runs: int, sync: Callable[[], None]) -> tuple[list[float], Any]:
-    run()  # warm-up: kernel selection, allocator growth, first-use work
+def timed_runs(run: Callable[[], Any], runs: int, sync: Callable[[], None]) -> tuple[list[float], Any, float]:
+    """The times of ``runs`` calls after a warm-up, the last image, and the warm-up's own time."""
+    started = time.perf_counter()
+    run()  # warm-up: kernel selection, allocator growth, first-use work (CUDA graph capture)
     sync()
+    first = time.perf_counter() - started
     times, image = [], None
     for _ in range(runs):
         started = time.perf_counter()
         image = run()
         sync()
         times.append(time.perf_counter() - started)
-    return times, image
+    return times, image, first
+
+
+def count_host_syncs(run: Callable[[], Any], cuda: bool) -> Optional[int]:
+    """Host-device synchronisations during one call, from PyTorch's sync debug mode (CUDA only).
+    The denoising loop should add none per step; the decode's copy to host is one."""
+    if not cuda:
+        return None
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def ablation(device: str) -> list[str]:
+    """One variant per speed switch, flipped from the device's default."""
+    import json as json_module
+
+    from pipeline.speed import CONFIG, ENV_PREFIX, OFF, speed_settings
+
+    table = json_module.loads(CONFIG.read_text())
+    defaults = speed_settings(device, env={})
+    variants = []
+    for name, off in OFF.items():
+        current = getattr(defaults, name)
+        if isinstance(off, bool):
+            variants.append(f"{ENV_PREFIX}{name.upper()}={0 if current else 1}")
+        else:
+            variants += [f"{ENV_PREFIX}{name.upper()}={choice}" for choice in table[name]["choices"] if choice != current]
+    return variants
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def main() -> None:
@@ -59,6 +121,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
+    parser.add_argument("--ablate", action="store_true", help="add a row per speed switch, flipped from its default")
+    parser.add_argument("--variant", action="append", default=[], help="SPEED_X=v[,...]: add a service row with these settings")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
 
@@ -89,48 +153,66 @@ def main() -> None:
         reset_peak()
         run = lambda: pipe(PROMPT, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,  # noqa: E731
                            generator=torch.Generator("cpu").manual_seed(args.seed)).images[0]
-        times, image = timed_runs(run, args.runs, sync)
-        plain[(width, height, steps)] = {"times": times, "image": np.asarray(image).astype(int), "peak_gb": peak_gb()}
+        times, image, first = timed_runs(run, args.runs, sync)
+        plain[(width, height, steps)] = {"times": times, "image": np.asarray(image).astype(int), "peak_gb": peak_gb(), "first_s": first}
     del pipe
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
 
-    # 2. the service
+    # 2. the service: its defaults, then each variant on a freshly loaded model
     os.environ["DEFAULT_MODEL"] = args.model
     from pipeline.generate import Batch, generate
+    from pipeline.loading import load_source
+    from pipeline.model_cache import MODEL_CACHE, release_memory
     from pipeline.request import parse_request
     from presets import resolve
     from startup.chain import run_startup
 
     service = run_startup(args.weights)
-    model = service.model
+    variants = ["defaults"] + (ablation(device) if args.ablate else []) + args.variant
     rows = []
-    for width, height, steps in cases:
-        request = parse_request({"prompt": PROMPT, "width": width, "height": height, "seed": args.seed, "model": args.model})
-        settings = resolve(args.model, "balanced", num_inference_steps=steps, guidance_scale=guidance)
-        reset_peak()
-        run = lambda: generate(model, Batch([PROMPT], 1, args.seed), request, settings).images[0]  # noqa: E731
-        times, image = timed_runs(run, args.runs, sync)
-        base = plain[(width, height, steps)]
-        plain_median, service_median = statistics.median(base["times"]), statistics.median(times)
-        rows.append({
-            "model": args.model, "width": width, "height": height, "steps": steps, "runs": args.runs,
-            "plain_median_s": plain_median, "service_median_s": service_median,
-            "speedup": plain_median / service_median, "service_it_per_s": steps / service_median,
-            "plain_peak_gb": base["peak_gb"], "service_peak_gb": peak_gb(),
-            "max_abs_pixel_diff": int(np.abs(np.asarray(image).astype(int) - base["image"]).max()),
-            "plain_times": base["times"], "service_times": times,
-        })
+    for variant in variants:
+        overrides = {} if variant == "defaults" else dict(item.split("=", 1) for item in variant.split(","))
+        with environment(overrides):
+            for model_id in MODEL_CACHE.ids():
+                MODEL_CACHE.evict(model_id)
+            release_memory()
+            model = load_source(service.default_source, service.backend)
+        for width, height, steps in cases:
+            request = parse_request({"prompt": PROMPT, "width": width, "height": height, "seed": args.seed, "model": args.model})
+            settings = resolve(args.model, "balanced", num_inference_steps=steps, guidance_scale=guidance)
+            reset_peak()
+            run = lambda: generate(model, Batch([PROMPT], 1, args.seed), request, settings).images[0]  # noqa: E731
+            times, image, first = timed_runs(run, args.runs, sync)
+            syncs = count_host_syncs(run, cuda)
+            base = plain[(width, height, steps)]
+            plain_median, service_median = statistics.median(base["times"]), statistics.median(times)
+            rows.append({
+                "model": args.model, "variant": variant, "speed": model.speed.describe(),
+                "width": width, "height": height, "steps": steps, "runs": args.runs,
+                "plain_median_s": plain_median, "service_median_s": service_median,
+                "speedup": plain_median / service_median, "service_it_per_s": steps / service_median,
+                "plain_first_s": base["first_s"], "service_first_s": first,
+                "plain_peak_gb": base["peak_gb"], "service_peak_gb": peak_gb(),
+                "max_abs_pixel_diff": int(np.abs(np.asarray(image).astype(int) - base["image"]).max()),
+                "mean_abs_pixel_diff": float(np.abs(np.asarray(image).astype(int) - base["image"]).mean()),
+                "host_syncs_per_image": syncs, "plain_times": base["times"], "service_times": times,
+            })
+        del model
 
     name = torch.cuda.get_device_name() if cuda else "cpu"
     lines = [f"Device: {name}. Median of {args.runs} runs after a warm-up; seconds per image.", "",
-             "| model | size | steps | plain diffusers | service | speed-up | service it/s | peak GB (plain / service) | max pixel diff |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | service settings | size | steps | plain diffusers | service | speed-up | service it/s | "
+             "first image (plain / service) | peak GB (plain / service) | pixel diff max / mean | host syncs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['width']}x{r['height']} | {r['steps']} | {r['plain_median_s']:.3f} | "
+        lines.append(f"| {r['model']} | {r['variant']} | {r['width']}x{r['height']} | {r['steps']} | {r['plain_median_s']:.3f} | "
                      f"{r['service_median_s']:.3f} | {r['speedup']:.2f}x | {r['service_it_per_s']:.1f} | "
-                     f"{r['plain_peak_gb']:.1f} / {r['service_peak_gb']:.1f} | {r['max_abs_pixel_diff']} |")
+                     f"{r['plain_first_s']:.2f} / {r['service_first_s']:.2f} | "
+                     f"{r['plain_peak_gb']:.1f} / {r['service_peak_gb']:.1f} | {r['max_abs_pixel_diff']} / {r['mean_abs_pixel_diff']:.2f} | "
+                     f"{'–' if r['host_syncs_per_image'] is None else r['host_syncs_per_image']} |")
+    lines += ["", f"Service defaults on this device: {rows[0]['speed']}."]
     table = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"generation-{args.model}"
