@@ -107,7 +107,9 @@ def _meta_model(component: ComponentFiles) -> Any:
 
 
 def _finish_diffusers(component: ComponentFiles, model: Any, state: dict[str, Any], dtype: Any, device: str) -> Any:
-    state = {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
+    for key, value in state.items():  # in place: each original is freed as its cast replaces it
+        if value.is_floating_point() and value.dtype != dtype:
+            state[key] = value.to(dtype)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     left = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
     if missing or unexpected or left:

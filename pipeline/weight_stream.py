@@ -147,11 +147,14 @@ class FileStream:
             if self._pending == 0 or error is not None:
                 self._done.set()
 
-    def result(self) -> dict[str, Any]:
+    def take(self) -> dict[str, Any]:
+        """The tensors, handed over: the stream keeps no reference, so a loader that casts them
+        frees each original as it goes (a file in fp32 for an fp16 model never needs both copies)."""
         self._done.wait()
         if self._error is not None:
             raise StreamError(f"{self.path}: {self._error}") from self._error
-        return self.tensors
+        tensors, self.tensors = self.tensors, {}
+        return tensors
 
 
 class WeightStream:
@@ -253,12 +256,13 @@ class WeightStream:
             copy_stream.synchronize()  # the buffer is reused for this worker's next chunk
 
     def state_dict(self, path: Path) -> dict[str, Any]:
-        """The tensors of ``path`` (one of ``files``), once all of them are on the device."""
+        """The tensors of ``path`` (one of ``files``), once all of them are on the device; each
+        file's tensors can be taken once."""
         key = Path(path).resolve()
         if key not in self._streams:
             raise StreamError(f"{path} is not part of this stream")
         try:
-            return self._streams[key].result().result()
+            return self._streams[key].result().take()
         except StreamError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as error:
