@@ -84,8 +84,8 @@ def generate(
         options["negative_prompt"] = [request.negative_prompt] * len(batch.prompts)
     options.update(ip_adapter or {})  # precomputed reference-image embeddings, when identity is on
     speed = model.speed
-    # Our own bf16 decode replaces diffusers' fp32 one for SDXL (Flux decodes in bf16 already).
-    own_decode = speed.vae_decode == "bfloat16" and model.spec.pipeline_class == "StableDiffusionXLPipeline"
+    # Our own bf16 decode replaces diffusers' fp32 one (SDXL only: pipeline.speed's data says so).
+    own_decode = speed.vae_decode == "bfloat16"
     # The adapter's processors are swapped in per request; graphs are kept for the plain model only.
     runner = model.graphs if not ip_adapter else None
     started = time.perf_counter()

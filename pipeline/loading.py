@@ -60,7 +60,7 @@ def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
     """Apply the device's speed settings to a freshly loaded model. CUDA graphs only where the
     weights stay put as plain tensors: offloading moves them, fp8 storage re-casts them on every
     call and bitsandbytes' layers branch on the host, none of which a graph can replay."""
-    settings = speed_settings(backend.device)
+    settings = speed_settings(backend.device, pipeline_class=model.spec.pipeline_class)
     profile = model.profile or backend.settings
     plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
     if settings.cuda_graphs and not (plain and backend.device == "cuda"):

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "speed.json"
 ENV_PREFIX = "SPEED_"
-OFF = {"fuse_qkv": False, "channels_last": False, "cuda_graphs": False, "vae_decode": "exact", "attention": "auto"}
+OFF = {"fuse_qkv": False, "channels_last": False, "cuda_graphs": False, "vae_decode": "exact", "attention": "auto",
+       "step_cache": "off"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SpeedSettings:
     cuda_graphs: bool = False
     vae_decode: str = "exact"  # "exact" (diffusers' own decode) or "bfloat16"
     attention: str = "auto"  # SDPA kernel tried first: auto, cudnn, flash, efficient
+    step_cache: str = "off"  # "first_block": Flux's first-block cache (lossy, opt-in)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
@@ -50,16 +52,26 @@ def _parse(name: str, raw: str, spec: Mapping[str, Any]) -> Any:
     return raw
 
 
-def speed_settings(device: str, env: Optional[Mapping[str, str]] = None) -> SpeedSettings:
-    """The settings for ``device``: its defaults from the data file, then the environment's overrides."""
+def speed_table() -> dict[str, Any]:
+    return json.loads(CONFIG.read_text())
+
+
+def speed_settings(device: str, env: Optional[Mapping[str, str]] = None, pipeline_class: Optional[str] = None) -> SpeedSettings:
+    """The settings for ``device``: its defaults from the data file, then the environment's
+    overrides; a switch the data limits to other models (``models``) is off for ``pipeline_class``.
+    The step cache, which decides on the host at every step, turns CUDA graphs off."""
     env = os.environ if env is None else env
-    table = json.loads(CONFIG.read_text())
+    table = speed_table()
     values = {}
     for name, off in OFF.items():
         spec = table[name]
         value = spec["default"].get(device, off)
         raw = env.get(ENV_PREFIX + name.upper())
         values[name] = _parse(name, raw, spec) if raw else value
+        if pipeline_class is not None and pipeline_class not in spec.get("models", [pipeline_class]):
+            values[name] = off
+    if values["step_cache"] != "off":
+        values["cuda_graphs"] = False
     return SpeedSettings(**values)
 
 
@@ -79,6 +91,11 @@ def apply_at_load(pipe: Any, settings: SpeedSettings) -> None:
         for module in (unet, pipe.vae):  # Flux's transformer has no convolutions
             if module is not None:
                 module.to(memory_format=torch.channels_last)
+    if settings.step_cache == "first_block" and transformer is not None:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        threshold = speed_table()["step_cache"]["first_block_threshold"]
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
 
 
 ATTENTION_ORDER = {

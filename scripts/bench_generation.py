@@ -81,16 +81,16 @@ def count_host_syncs(run: Callable[[], Any], cuda: bool) -> Optional[int]:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def ablation(device: str) -> list[str]:
-    """One variant per speed switch, flipped from the device's default."""
-    import json as json_module
+def ablation(device: str, pipeline_class: str) -> list[str]:
+    """One variant per speed switch that applies to the model, flipped from the device's default."""
+    from pipeline.speed import ENV_PREFIX, OFF, speed_settings, speed_table
 
-    from pipeline.speed import CONFIG, ENV_PREFIX, OFF, speed_settings
-
-    table = json_module.loads(CONFIG.read_text())
+    table = speed_table()
     defaults = speed_settings(device, env={})
     variants = []
     for name, off in OFF.items():
+        if pipeline_class not in table[name].get("models", [pipeline_class]):
+            continue
         current = getattr(defaults, name)
         if isinstance(off, bool):
             variants.append(f"{ENV_PREFIX}{name.upper()}={0 if current else 1}")
@@ -170,7 +170,7 @@ def main() -> None:
     from startup.chain import run_startup
 
     service = run_startup(args.weights)
-    variants = ["defaults"] + (ablation(device) if args.ablate else []) + args.variant
+    variants = ["defaults"] + (ablation(device, pipeline_class.__name__) if args.ablate else []) + args.variant
     rows = []
     for variant in variants:
         overrides = {} if variant == "defaults" else dict(item.split("=", 1) for item in variant.split(","))

@@ -185,3 +185,23 @@ def test_bf16_decode_is_close_to_the_exact_decode_and_finite(tiny_weights: Path,
     assert bf16.speed.vae_decode == "bfloat16"
     difference = np.abs(image(bf16) - base)
     assert 0 < difference.max() <= 16 and difference.mean() < 2, (difference.max(), difference.mean())
+
+
+def test_first_block_cache_is_flux_only_opt_in_and_turns_graphs_off(tiny_weights: Path, flux_weights: dict, monkeypatch) -> None:
+    assert speed_settings("cuda", env={}).step_cache == "off"
+    cached = speed_settings("cuda", env={"SPEED_STEP_CACHE": "first_block"}, pipeline_class="FluxPipeline")
+    assert cached.step_cache == "first_block" and not cached.cuda_graphs
+    assert speed_settings("cuda", env={"SPEED_STEP_CACHE": "first_block"}, pipeline_class="StableDiffusionXLPipeline").step_cache == "off"
+
+    from pipeline import speed
+
+    base = image(load(tiny_weights, monkeypatch, "flux-dev", flux_weights["flux-dev"]), size=64)
+    table = speed.speed_table()
+    for threshold, same in ((0.0, True), (1e9, False)):  # never skip a block / skip after the first step
+        table["step_cache"]["first_block_threshold"] = threshold
+        monkeypatch.setattr(speed, "speed_table", lambda: table)
+        model = load(tiny_weights, monkeypatch, "flux-dev", flux_weights["flux-dev"], SPEED_STEP_CACHE="first_block")
+        assert model.pipe.transformer.is_cache_enabled and model.speed.step_cache == "first_block"
+        first, again = image(model, size=64), image(model, size=64)
+        assert np.array_equal(first, again)  # the cache state is reset between images
+        assert np.array_equal(first, base) == same
