@@ -176,7 +176,8 @@ def build_components(components: list[ComponentFiles], stream: WeightStream, dty
 
 def start_stream(location: Path, device: str, skip: Iterable[str] = (), ready: Optional[Any] = None) -> Optional[WeightStream]:
     """Start streaming a diffusers folder's model files to ``device``, or None where the fast path
-    does not apply (``fast_load_enabled`` says no, a device other than CUDA or CPU, nothing to stream). ``skip``: components loaded another way (quantized, shared with a resident model)."""
+    does not apply (``fast_load_enabled`` says no, a device other than CUDA or CPU, nothing to
+    stream). ``skip``: components loaded another way (quantized, shared with a resident model)."""
     if device not in ("cuda", "cpu") or not fast_load_enabled(device):
         return None
     components = model_components(location, skip)

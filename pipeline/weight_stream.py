@@ -276,4 +276,9 @@ class WeightStream:
                 f"({total / 1e9 / max(seconds, 1e-9):.1f} GB/s, {self.workers} workers)")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers and drop any tensors nobody took (a component that fell back before
+        taking its files), so their device memory is freed now."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for future in self._streams.values():
+            if future.done() and future.exception() is None:
+                future.result().tensors = {}
