@@ -92,6 +92,8 @@ def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] =
     is short, least recently used models are evicted first. ``stream``: this source's weight stream,
     already started (see ``start_weight_stream``)."""
     size = 0
+    if source.model_id in MODEL_CACHE and stream is not None:
+        stream.close()  # already loaded: the streamed copy is not needed
     if source.model_id not in MODEL_CACHE:  # sized (a walk of its files) only when it must load
         size = weight_bytes(source)
         MODEL_CACHE.make_room(size, free_bytes(backend), keep=source.model_id)

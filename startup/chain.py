@@ -6,8 +6,8 @@ weight files start streaming into the page cache before torch is imported; torch
 the backend stage (which also starts CUDA in the background); the weights stage checks the files
 and starts streaming them onto the device (``pipeline.weight_stream``) before the imports stage
 imports diffusers, which the stream overlaps; the load stage builds the models from the streamed
-tensors. Each cost is visible as its own stage. Optional parts (ADetailer, IP-Adapter) are not loaded here at all: they
-load on the first request that asks for them.
+tensors. Each cost is visible as its own stage. Optional parts (ADetailer, IP-Adapter) are not
+loaded here at all: they load on the first request that asks for them.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
             import_pipeline_classes(default_model)
         with timer.stage("load"):
             device_ready.join()
-            if prefetch is not None:
-                prefetch.join()
+            if prefetch is not None:  # the stream's loader waits per file; without one, wait here
+                prefetch.join(timeout=0 if stream is not None else None)
             load_source(source, backend, stream=stream)
     except BaseException:
         timer.finish(completed=False)
