@@ -40,10 +40,10 @@ class ComponentFiles:
 def fast_load_enabled(device: str, env: Optional[dict] = None) -> bool:
     """``$FAST_LOAD`` (1/0) when set; otherwise on for CUDA only.
 
-    Off on the CPU by default because it was measured slower there: safetensors maps the file and
-    the CPU tensors are the mapped pages themselves (no copy), which streaming cannot beat (full-size
-    SDXL in fp16 from page cache: 0.86 s mapped vs 3.8 s streamed, see the README). On CUDA every
-    byte must cross to the device anyway, and streaming it during the imports is the point.
+    Off on the CPU by default because it was measured slower there (README, Start-up): safetensors
+    maps the file and the CPU tensors are the mapped pages themselves (no copy), which streaming
+    cannot beat. On CUDA every byte must cross to the device anyway, and streaming it during the
+    imports is the point.
     """
     import os
 
