@@ -65,7 +65,12 @@ def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
     plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
     if settings.cuda_graphs and not (plain and backend.device == "cuda"):
         settings = replace(settings, cuda_graphs=False)
-    apply_at_load(model.pipe, settings)
+    cache = None
+    if settings.compile != "off":
+        from pipeline.compile_cache import cache_path
+
+        cache = cache_path(model.source.model, backend.device)
+    apply_at_load(model.pipe, settings, compile_cache=cache)
     model.speed = settings
     if settings.cuda_graphs:
         from pipeline.cuda_graphs import graph_runner

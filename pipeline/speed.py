@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CONFIG = Path(__file__).resolve().parent / "configs" / "speed.json"
 ENV_PREFIX = "SPEED_"
 OFF = {"fuse_qkv": False, "channels_last": False, "cuda_graphs": False, "vae_decode": "exact", "attention": "auto",
-       "step_cache": "off"}
+       "step_cache": "off", "compile": "off"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class SpeedSettings:
     vae_decode: str = "exact"  # "exact" (diffusers' own decode) or "bfloat16"
     attention: str = "auto"  # SDPA kernel tried first: auto, cudnn, flash, efficient
     step_cache: str = "off"  # "first_block": Flux's first-block cache (lossy, opt-in)
+    compile: str = "off"  # "regional": torch.compile of the repeated blocks (pipeline.compile_cache)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
@@ -59,7 +60,7 @@ def speed_table() -> dict[str, Any]:
 def speed_settings(device: str, env: Optional[Mapping[str, str]] = None, pipeline_class: Optional[str] = None) -> SpeedSettings:
     """The settings for ``device``: its defaults from the data file, then the environment's
     overrides; a switch the data limits to other models (``models``) is off for ``pipeline_class``.
-    The step cache, which decides on the host at every step, turns CUDA graphs off."""
+    The step cache, which decides on the host at every step, turns CUDA graphs and compilation off."""
     env = os.environ if env is None else env
     table = speed_table()
     values = {}
@@ -72,12 +73,14 @@ def speed_settings(device: str, env: Optional[Mapping[str, str]] = None, pipelin
             values[name] = off
     if values["step_cache"] != "off":
         values["cuda_graphs"] = False
+        values["compile"] = "off"
     return SpeedSettings(**values)
 
 
-def apply_at_load(pipe: Any, settings: SpeedSettings) -> None:
+def apply_at_load(pipe: Any, settings: SpeedSettings, compile_cache: Optional[Path] = None) -> None:
     """Change the loaded model's modules as the settings ask (before any adapter is attached, so
-    an IP-Adapter's saved 'plain' processors are the fused ones)."""
+    an IP-Adapter's saved 'plain' processors are the fused ones). Compilation is only armed here,
+    with ``compile_cache``'s artifacts restored; it happens on the first call."""
     import torch
 
     unet = getattr(pipe, "unet", None)
@@ -96,6 +99,12 @@ def apply_at_load(pipe: Any, settings: SpeedSettings) -> None:
 
         threshold = speed_table()["step_cache"]["first_block_threshold"]
         transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    if settings.compile == "regional":
+        from pipeline.compile_cache import compile_denoiser, restore
+
+        if compile_cache is not None:
+            restore(compile_cache)
+        compile_denoiser(pipe)
 
 
 ATTENTION_ORDER = {

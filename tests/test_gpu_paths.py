@@ -1,5 +1,5 @@
 """The CUDA-only paths, checked on a GPU: the pinned, overlapped weight stream, CUDA-graph capture
-and replay of the denoiser, and the bf16 decode. CI has no GPU, so these are skipped there; their
+and replay of the denoiser (also with compiled blocks inside), and the bf16 decode. CI has no GPU, so these are skipped there; their
 logic is covered on the CPU by ``test_fast_load.py`` and ``test_speed.py`` (the staged copy path and
 the graph runner with a stand-in for capture). Run on a GPU machine with
 ``python -m pytest tests/test_gpu_paths.py``.
@@ -53,7 +53,8 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
     source = resolve_weights(str(flux_weights.get(model_name, tiny_weights)), model=model_name)
 
     def load(**env: str):
-        for name in ("FAST_LOAD", "SPEED_FUSE_QKV", "SPEED_CHANNELS_LAST", "SPEED_CUDA_GRAPHS", "SPEED_VAE_DECODE"):
+        for name in ("FAST_LOAD", "SPEED_FUSE_QKV", "SPEED_CHANNELS_LAST", "SPEED_CUDA_GRAPHS", "SPEED_VAE_DECODE",
+                     "SPEED_COMPILE"):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -79,8 +80,10 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
     eager_images = images(load(SPEED_CUDA_GRAPHS="0"))  # the same kernels, launched one by one
     plain_images = images(load(FAST_LOAD="0", SPEED_FUSE_QKV="0", SPEED_CHANNELS_LAST="0", SPEED_CUDA_GRAPHS="0",
                                SPEED_VAE_DECODE="exact"))
-    for graphed_image, eager_image, plain_image in zip(fast_images, eager_images, plain_images):
+    compiled_images = images(load(SPEED_COMPILE="regional"))  # compiled blocks inside the graphs
+    for graphed_image, eager_image, plain_image, compiled_image in zip(fast_images, eager_images, plain_images, compiled_images):
         assert np.abs(graphed_image - eager_image).max() <= 2
+        assert np.abs(compiled_image - graphed_image).mean() < 3
         # fp16/bf16 rounding of fused GEMMs, and SDXL's bf16 decode against fp32
         difference = np.abs(graphed_image - plain_image)
         assert difference.mean() < 3 and difference.max() <= 40, (difference.mean(), difference.max())
