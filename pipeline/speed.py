@@ -90,6 +90,8 @@ def apply_at_load(pipe: Any, settings: SpeedSettings, compile_cache: Optional[Pa
             pipe.fuse_qkv_projections(unet=True, vae=True)
         elif transformer is not None:
             transformer.fuse_qkv_projections()
+        shared = sum(share_fused_weights(module) for module in (unet, transformer, pipe.vae) if module is not None)
+        log.info("fused QKV projections; the unfused ones now view the fused weights (%.2f GB not duplicated)", shared / 1e9)
     if settings.channels_last:
         for module in (unet, pipe.vae):  # Flux's transformer has no convolutions
             if module is not None:
@@ -105,6 +107,43 @@ def apply_at_load(pipe: Any, settings: SpeedSettings, compile_cache: Optional[Pa
         if compile_cache is not None:
             restore(compile_cache)
         compile_denoiser(pipe)
+
+
+# fused projection -> the projections it concatenates, in row order (diffusers' fuse_projections)
+FUSED_PARTS = {
+    "to_qkv": ("to_q", "to_k", "to_v"),
+    "to_kv": ("to_k", "to_v"),
+    "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
+}
+
+
+def share_fused_weights(model: Any) -> int:
+    """Point each unfused projection's weight and bias at its rows of the fused copy; bytes saved.
+
+    diffusers' ``fuse_qkv_projections`` concatenates Q, K and V into a new layer and keeps the
+    originals, which the IP-Adapter's processors still use: Flux would carry about 2 B parameters
+    twice. As views of the fused rows, both paths read the same memory.
+    """
+    import torch
+
+    saved = 0
+    for module in model.modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        for fused_name, part_names in FUSED_PARTS.items():
+            fused = getattr(module, fused_name, None)
+            parts = [getattr(module, name, None) for name in part_names]
+            if fused is None or any(part is None for part in parts):
+                continue
+            start = 0
+            for part in parts:
+                rows = part.weight.shape[0]
+                saved += part.weight.numel() * part.weight.element_size()
+                part.weight = torch.nn.Parameter(fused.weight.data[start:start + rows], requires_grad=False)
+                if part.bias is not None and fused.bias is not None:
+                    part.bias = torch.nn.Parameter(fused.bias.data[start:start + rows], requires_grad=False)
+                start += rows
+    return saved
 
 
 ATTENTION_ORDER = {

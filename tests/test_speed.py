@@ -179,6 +179,32 @@ def test_fused_qkv_and_channels_last_keep_the_image(tiny_weights: Path, monkeypa
     assert np.abs(image(fast) - base).max() <= 1  # summation order only
 
 
+def unique_parameter_bytes(module) -> int:
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in module.parameters()}
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("model_name", ["sdxl", "flux-dev"])
+def test_fused_qkv_costs_no_memory_and_the_unfused_path_reads_the_fused_rows(tiny_weights: Path, flux_weights: dict,
+                                                                            monkeypatch, model_name: str) -> None:
+    """The IP-Adapter's processors use the unfused projections: they must still compute the same."""
+    plain = load(tiny_weights, monkeypatch, model_name, flux_weights.get(model_name))
+    fused = load(tiny_weights, monkeypatch, model_name, flux_weights.get(model_name), SPEED_FUSE_QKV="1")
+    for name in ("unet", "transformer", "vae"):
+        before, after = getattr(plain.pipe, name, None), getattr(fused.pipe, name, None)
+        if before is None:
+            continue
+        assert unique_parameter_bytes(after) == unique_parameter_bytes(before), name
+        attention = next((m for m in after.modules() if getattr(m, "fused_projections", False)), None)
+        if attention is None:  # Flux's VAE is not fused
+            continue
+        original = next(m for n, m in before.named_modules() if n == next(k for k, v in after.named_modules() if v is attention))
+        x = torch.randn(2, attention.to_q.in_features)
+        assert torch.allclose(attention.to_q(x), original.to_q(x)) and torch.allclose(attention.to_v(x), original.to_v(x))
+        fused_rows = attention.to_qkv if hasattr(attention, "to_qkv") else attention.to_kv
+        assert attention.to_v.weight.untyped_storage().data_ptr() == fused_rows.weight.untyped_storage().data_ptr()
+
+
 def test_bf16_decode_is_close_to_the_exact_decode_and_finite(tiny_weights: Path, monkeypatch) -> None:
     base = image(load(tiny_weights, monkeypatch))
     bf16 = load(tiny_weights, monkeypatch, SPEED_VAE_DECODE="bfloat16")
