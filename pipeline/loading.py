@@ -65,6 +65,12 @@ def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
     plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
     if settings.cuda_graphs and not (plain and backend.device == "cuda"):
         settings = replace(settings, cuda_graphs=False)
+    if settings.fp8_matmul:
+        from pipeline.fp8_linear import fp8_matmul_supported
+
+        if not (plain and fp8_matmul_supported(backend.device)):
+            log.info("fp8 matmuls need a plain bf16 model on a GPU of compute capability 8.9+: off")
+            settings = replace(settings, fp8_matmul=False)
     cache = None
     if settings.compile != "off":
         from pipeline.compile_cache import cache_path

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CONFIG = Path(__file__).resolve().parent / "configs" / "speed.json"
 ENV_PREFIX = "SPEED_"
 OFF = {"fuse_qkv": False, "channels_last": False, "cuda_graphs": False, "vae_decode": "exact", "attention": "auto",
-       "step_cache": "off", "compile": "off"}
+       "step_cache": "off", "compile": "off", "fp8_matmul": False}
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class SpeedSettings:
     attention: str = "auto"  # SDPA kernel tried first: auto, cudnn, flash, efficient
     step_cache: str = "off"  # "first_block": Flux's first-block cache (lossy, opt-in)
     compile: str = "off"  # "regional": torch.compile of the repeated blocks (pipeline.compile_cache)
+    fp8_matmul: bool = False  # Flux's block matmuls in float8 (pipeline.fp8_linear; lossy, opt-in)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
@@ -96,6 +97,10 @@ def apply_at_load(pipe: Any, settings: SpeedSettings, compile_cache: Optional[Pa
         for module in (unet, pipe.vae):  # Flux's transformer has no convolutions
             if module is not None:
                 module.to(memory_format=torch.channels_last)
+    if settings.fp8_matmul and transformer is not None:
+        from pipeline.fp8_linear import convert_blocks
+
+        log.info("fp8 matmuls: %d Linear layers of the transformer blocks converted (lossy)", convert_blocks(transformer))
     if settings.step_cache == "first_block" and transformer is not None:
         from diffusers.hooks import FirstBlockCacheConfig
 

@@ -87,3 +87,16 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
         # fp16/bf16 rounding of fused GEMMs, and SDXL's bf16 decode against fp32
         difference = np.abs(graphed_image - plain_image)
         assert difference.mean() < 3 and difference.max() <= 40, (difference.mean(), difference.max())
+
+
+def test_fp8_matmuls_on_the_gpu_stay_close_to_bf16() -> None:
+    """``torch._scaled_mm`` with row-wise scales on this GPU (needs compute capability 8.9+)."""
+    from pipeline.fp8_linear import Fp8Linear, fp8_matmul_supported
+
+    if not fp8_matmul_supported("cuda"):
+        pytest.skip("fp8 matmuls need compute capability 8.9+")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3072, 3072 * 3, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(2, 4096, 3072, device="cuda", dtype=torch.bfloat16)
+    exact, approx = linear(x).float(), Fp8Linear.from_linear(linear)(x).float()
+    assert (approx - exact).abs().max() / exact.abs().max() < 0.1

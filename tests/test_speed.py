@@ -231,3 +231,37 @@ def test_first_block_cache_is_flux_only_opt_in_and_turns_graphs_off(tiny_weights
         first, again = image(model, size=64), image(model, size=64)
         assert np.array_equal(first, again)  # the cache state is reset between images
         assert np.array_equal(first, base) == same
+
+
+def test_fp8_linear_is_close_to_bf16_and_row_views_share_memory() -> None:
+    from pipeline.fp8_linear import Fp8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    fp8 = Fp8Linear.from_linear(linear)
+    x = torch.randn(3, 5, 64, dtype=torch.bfloat16)
+    exact, approx = linear(x).float(), fp8(x).float()
+    assert approx.shape == exact.shape and fp8(x).dtype == torch.bfloat16
+    assert (approx - exact).abs().max() / exact.abs().max() < 0.1
+    part = fp8.rows(16, 32)
+    assert torch.equal(part(x), fp8(x)[..., 16:32])
+    assert part.weight_fp8.untyped_storage().data_ptr() == fp8.weight_fp8.untyped_storage().data_ptr()
+
+
+def test_fp8_matmul_converts_flux_blocks_only_and_keeps_the_image_close(tiny_weights: Path, flux_weights: dict, monkeypatch) -> None:
+    from pipeline.fp8_linear import Fp8Linear
+
+    assert speed_settings("cuda", env={"SPEED_FP8_MATMUL": "1"}, pipeline_class="StableDiffusionXLPipeline").fp8_matmul is False
+    weights = flux_weights["flux-dev"]
+    base = image(load(tiny_weights, monkeypatch, "flux-dev", weights), size=64)
+    model = load(tiny_weights, monkeypatch, "flux-dev", weights, SPEED_FP8_MATMUL="1", SPEED_FUSE_QKV="1")
+    transformer = model.pipe.transformer
+    assert model.speed.fp8_matmul
+    assert all(type(m) is not torch.nn.Linear for block in transformer.transformer_blocks for m in block.modules())
+    assert all(type(m) is not torch.nn.Linear for block in transformer.single_transformer_blocks for m in block.modules())
+    assert type(transformer.x_embedder) is torch.nn.Linear and type(transformer.proj_out) is torch.nn.Linear
+    attention = transformer.transformer_blocks[0].attn
+    assert isinstance(attention.to_qkv, Fp8Linear) and isinstance(attention.to_q, Fp8Linear)
+    assert attention.to_q.weight_fp8.untyped_storage().data_ptr() == attention.to_qkv.weight_fp8.untyped_storage().data_ptr()
+    difference = np.abs(image(model, size=64) - base)
+    assert difference.mean() < 12, difference.mean()  # lossy; the benchmark reports the figure
