@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from pipeline.speed import FUSED_PARTS
+
 log = logging.getLogger(__name__)
 
 FP8 = torch.float8_e4m3fn
@@ -64,12 +66,6 @@ class Fp8Linear(torch.nn.Module):
         if self.bias is not None:
             out = out + self.bias
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
-
-
-FUSED_PARTS = {
-    "to_qkv": ("to_q", "to_k", "to_v"),
-    "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj"),
-}
 
 
 def _convertible(linear: torch.nn.Module) -> bool:
