@@ -38,9 +38,15 @@ class Fp8Linear(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.register_buffer("weight_fp8", weight)  # [out, in], row-major: its .t() is the column-major operand
-        self.register_buffer("weight_scale", scale)  # [out], float32
+        # The fp8 bits are kept as uint8: ``module.to(dtype)`` (which pipelines call, e.g. from_pipe)
+        # casts floating-point buffers, and would turn fp8 weights back into wide ones.
+        self.register_buffer("weight_bits", weight.view(torch.uint8))  # [out, in], row-major
+        self.register_buffer("weight_scale", scale)  # [out]
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+
+    @property
+    def weight_fp8(self) -> torch.Tensor:
+        return self.weight_bits.view(FP8)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> "Fp8Linear":
@@ -61,8 +67,8 @@ class Fp8Linear(torch.nn.Module):
         flat = x.reshape(-1, self.in_features)
         scale = (flat.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
         quantised = (flat.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-        out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale.view(1, -1),
-                               out_dtype=torch.bfloat16)
+        out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale,
+                               scale_b=self.weight_scale.float().view(1, -1), out_dtype=torch.bfloat16)
         if self.bias is not None:
             out = out + self.bias
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)

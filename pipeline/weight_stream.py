@@ -157,6 +157,11 @@ class FileStream:
         return tensors
 
 
+def _finished_ok(future: Future) -> bool:
+    """Done without error (a cancelled future's ``exception()`` would raise)."""
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
 class WeightStream:
     """Streams ``files`` to ``device`` in background threads; ``state_dict(path)`` waits for one file.
 
@@ -269,7 +274,7 @@ class WeightStream:
             raise StreamError(f"{path}: {error}") from error
 
     def describe(self) -> str:
-        done = [f.result() for f in self._streams.values() if f.done() and f.exception() is None]
+        done = [f.result() for f in self._streams.values() if _finished_ok(f)]
         total = sum(s.bytes for s in done)
         seconds = (self._finished or time.perf_counter()) - self._started
         return (f"weight stream: {total / 1e9:.2f} GB from {len(self.files)} files to {self.device} in {seconds:.2f} s "
@@ -280,5 +285,5 @@ class WeightStream:
         taking its files), so their device memory is freed now."""
         self._pool.shutdown(wait=True, cancel_futures=True)
         for future in self._streams.values():
-            if future.done() and future.exception() is None:
+            if _finished_ok(future):
                 future.result().tensors = {}

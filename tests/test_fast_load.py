@@ -186,3 +186,13 @@ def test_components_listed_from_the_model_index_smallest_first(tiny_weights: Pat
     assert sizes == sorted(sizes)
     assert {c.name for c in components} == {"unet", "vae", "text_encoder", "text_encoder_2"}
     assert "unet" not in {c.name for c in model_components(tiny_weights, skip={"unet"})}
+
+
+def test_a_stream_closed_before_it_finished_frees_what_it_read(tiny_weights: Path) -> None:
+    """What happens when the model turned out to be loaded already: the stream is closed unused."""
+    components = model_components(tiny_weights)
+    stream = WeightStream(stream_files(components), "cpu", workers=1, chunk_bytes=1024).start()
+    stream.close()
+    assert "from 4 files" in stream.describe()
+    for future in stream._streams.values():  # never started, stopped by the shutdown, or emptied
+        assert future.cancelled() or future.exception() is not None or future.result().tensors == {}

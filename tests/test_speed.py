@@ -129,6 +129,10 @@ def load(tiny_weights: Path, monkeypatch, model: str = "sdxl", weights: Path | N
     from pipeline.loading import with_speedups
     from startup.weights import resolve_weights
 
+    import os
+
+    for name in [n for n in os.environ if n.startswith("SPEED_") or n == "FAST_LOAD"]:
+        monkeypatch.delenv(name)  # each test says which switches it wants
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     source = resolve_weights(str(weights or tiny_weights), model=model)
@@ -246,6 +250,8 @@ def test_fp8_linear_is_close_to_bf16_and_row_views_share_memory() -> None:
     part = fp8.rows(16, 32)
     assert torch.equal(part(x), fp8(x)[..., 16:32])
     assert part.weight_fp8.untyped_storage().data_ptr() == fp8.weight_fp8.untyped_storage().data_ptr()
+    fp8.to(torch.float32)  # as pipelines do to whole models: the fp8 weights must survive it
+    assert fp8.weight_fp8.dtype == torch.float8_e4m3fn and torch.allclose(fp8(x.float()).float(), approx, atol=1e-2)
 
 
 def test_fp8_matmul_converts_flux_blocks_only_and_keeps_the_image_close(tiny_weights: Path, flux_weights: dict, monkeypatch) -> None:
