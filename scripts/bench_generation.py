@@ -121,7 +121,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
-    parser.add_argument("--ablate", action="store_true", help="add a row per speed switch, flipped from its default")
+    parser.add_argument("--ablate", nargs="?", const="all", default=None, metavar="SWITCH,...",
+                        help="add a row per speed switch flipped from its default (all, or the switches named); "
+                             "on a 10-minute device call, split a Flux ablation into groups")
     parser.add_argument("--variant", action="append", default=[], help="SPEED_X=v[,...]: add a service row with these settings")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
@@ -170,7 +172,11 @@ def main() -> None:
     from startup.chain import run_startup
 
     service = run_startup(args.weights)
-    variants = ["defaults"] + (ablation(device, pipeline_class.__name__) if args.ablate else []) + args.variant
+    flipped = ablation(device, pipeline_class.__name__) if args.ablate else []
+    if args.ablate and args.ablate != "all":
+        wanted = {f"SPEED_{name.strip().upper()}" for name in args.ablate.split(",")}
+        flipped = [variant for variant in flipped if variant.split("=")[0] in wanted]
+    variants = ["defaults"] + flipped + args.variant
     rows = []
     for variant in variants:
         overrides = {} if variant == "defaults" else dict(item.split("=", 1) for item in variant.split(","))
