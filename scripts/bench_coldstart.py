@@ -3,7 +3,8 @@
 For each page-cache state (warm, and dropped for the weight files) and --runs times, it measures:
   * the floor: ``python -c "import torch"``;
   * the service: ``scripts/serve.py`` (the real Cog HTTP server) from spawn to READY, plus every
-    ``[Timer: stage]`` from the service's timings JSON;
+    ``[Timer: stage]`` from the service's timings JSON, and then its first image (--first-image),
+    which carries whatever work start-up deferred (CUDA-graph capture, compilation);
   * the service again with each --variant's environment (by default the weight stream switched the
     other way from the device's default: ``FAST_LOAD=0`` on a GPU, ``FAST_LOAD=1`` on the CPU, so
     what it changes is measured in the same run, and CI runs both start-up paths);
@@ -84,8 +85,26 @@ def parse_variant(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(","))
 
 
-def service_to_ready(weights: Path, workdir: Path, model: str, extra_env: Optional[dict] = None) -> dict[str, Any]:
-    """Spawn the real server and time it to READY; return that and the service's own stage record."""
+def first_image_seconds(port: int, case: tuple[int, int, int]) -> float:
+    """One prediction right after READY, timed from the client: what a cold boot's first caller
+    waits beyond READY (it includes any CUDA-graph capture or compilation at that size)."""
+    width, height, steps = case
+    body = json.dumps({"input": {"prompt": "a lighthouse at dusk", "width": width, "height": height,
+                                 "num_inference_steps": steps, "seed": 1}}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/predictions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=READY_TIMEOUT_S) as response:
+        result = json.loads(response.read())
+    if result.get("status") != "succeeded":
+        raise RuntimeError(f"first prediction {result.get('status')}: {str(result.get('error'))[:500]}")
+    return time.perf_counter() - started
+
+
+def service_to_ready(weights: Path, workdir: Path, model: str, extra_env: Optional[dict] = None,
+                     first_image: Optional[tuple[int, int, int]] = None) -> dict[str, Any]:
+    """Spawn the real server and time it to READY (and, if asked, its first image); return those
+    and the service's own stage record."""
     port = free_port()
     timings = workdir / f"startup-{port}.json"
     env = dict(os.environ, STARTUP_TIMINGS_PATH=str(timings), DEFAULT_MODEL=model, **(extra_env or {}))
@@ -111,11 +130,12 @@ def service_to_ready(weights: Path, workdir: Path, model: str, extra_env: Option
             if time.perf_counter() - started > READY_TIMEOUT_S:
                 raise TimeoutError(f"not READY after {READY_TIMEOUT_S} s; see {log.name}")
             time.sleep(0.02)
+        first = first_image_seconds(port, first_image) if first_image else None
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         log.close()
-    return {"ready_s": ready, "record": json.loads(timings.read_text())}
+    return {"ready_s": ready, "first_image_s": first, "record": json.loads(timings.read_text())}
 
 
 def plain_diffusers_seconds(weights: Path, model: str) -> float:
@@ -133,9 +153,11 @@ def plain_diffusers_seconds(weights: Path, model: str) -> float:
     return wall([sys.executable, "-c", code])
 
 
-def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, variants: list[str]) -> dict[str, Any]:
+def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, variants: list[str],
+            first_image: Optional[tuple[int, int, int]] = None) -> dict[str, Any]:
     files = weight_files(weights)
-    rows: dict[str, list[float]] = {"import_torch_s": [], "service_ready_s": [], "plain_diffusers_s": [], "weights_read_s": []}
+    rows: dict[str, list[float]] = {"import_torch_s": [], "service_ready_s": [], "plain_diffusers_s": [], "weights_read_s": [],
+                                    "first_image_s": []}
     rows.update({f"service_ready_s[{variant}]": [] for variant in variants})
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
     variant_load: dict[str, list[float]] = {variant: [] for variant in variants}
@@ -146,8 +168,10 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, var
             drop_page_cache(files)
             rows["weights_read_s"].append(read_seconds(files))
             drop_page_cache(files)
-        result = service_to_ready(weights, workdir, model)
+        result = service_to_ready(weights, workdir, model, first_image=first_image)
         rows["service_ready_s"].append(result["ready_s"])
+        if result["first_image_s"] is not None:
+            rows["first_image_s"].append(result["first_image_s"])
         records.append(result["record"])
         for stage in result["record"]["stages"]:
             stages.setdefault(stage["name"], []).append(stage["seconds"])
@@ -172,15 +196,17 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, var
 
 def markdown(results: list[dict[str, Any]], device: str) -> str:
     lines = [f"Device: {device}. Medians of fresh processes; seconds.", "",
-             "| page cache | `import torch` | service to READY | READY − floor | plain diffusers | service / plain | weight read (cold) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| page cache | `import torch` | service to READY | READY − floor | plain diffusers | service / plain | "
+             "weight read (cold) | first image after READY |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for result in results:
         m = result["medians"]
         read = f"{m['weights_read_s']:.2f}" if "weights_read_s" in m else "–"
+        first = f"{m['first_image_s']:.2f}" if "first_image_s" in m else "–"
         lines.append(
             f"| {result['cache']} | {m['import_torch_s']:.2f} | {m['service_ready_s']:.2f} | "
             f"{m['service_ready_s'] - m['import_torch_s']:.2f} | {m['plain_diffusers_s']:.2f} | "
-            f"{m['service_ready_s'] / m['plain_diffusers_s']:.2f} | {read} |"
+            f"{m['service_ready_s'] / m['plain_diffusers_s']:.2f} | {read} | {first} |"
         )
     variants = [key[len("service_ready_s["):-1] for key in results[0]["medians"] if key.startswith("service_ready_s[")]
     if variants:
@@ -222,11 +248,14 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=None,
                         help="VAR=VALUE[,VAR=VALUE]: also time the service with this environment (repeatable; "
                              "default: FAST_LOAD the other way from the device default; --variant none for none)")
+    parser.add_argument("--first-image", default="1024x1024x20", metavar="WxHxSTEPS",
+                        help="after READY, time one prediction of this size (none: skip); --ci uses 64x64x2")
     parser.add_argument("--ci", action="store_true", help="tiny weights, one run per cache state, check the chain")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="coldstart-"))
     if args.ci:
-        args.weights, args.build, args.runs = workdir / "sdxl-tiny", "tiny", 1
+        args.weights, args.build, args.runs, args.first_image = workdir / "sdxl-tiny", "tiny", 1, "64x64x2"
+    first_image = None if args.first_image == "none" else tuple(int(p) for p in args.first_image.split("x"))
     if args.weights is None:
         parser.error("--weights is required (or --ci)")
     if args.build and not (args.weights / "model_index.json").is_file():
@@ -242,7 +271,7 @@ def main() -> None:
 
         args.variant = ["FAST_LOAD=0" if torch.cuda.is_available() else "FAST_LOAD=1"]
     variants = [v for v in args.variant if v != "none"]
-    results = [measure(args.weights, cache, args.runs, workdir, args.model, variants) for cache in caches]
+    results = [measure(args.weights, cache, args.runs, workdir, args.model, variants, first_image) for cache in caches]
     device = results[0]["records"][0].get("device", "?")
     if device == "cuda":
         import torch

@@ -21,6 +21,6 @@ def test_check_chain_accepts_a_complete_run_and_names_what_is_missing() -> None:
 
 def test_markdown_table_has_ratios_and_every_stage() -> None:
     table = markdown([result("warm", list(STAGES))], "NVIDIA H100")
-    assert "| warm | 2.00 | 3.00 | 1.00 | 6.00 | 0.50 | – |" in table
+    assert "| warm | 2.00 | 3.00 | 1.00 | 6.00 | 0.50 | – | – |" in table
     for name in STAGES:
         assert f"| {name} | 0.100 |" in table
