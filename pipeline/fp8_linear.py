@@ -38,15 +38,20 @@ class Fp8Linear(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        # The fp8 bits are kept as uint8: ``module.to(dtype)`` (which pipelines call, e.g. from_pipe)
-        # casts floating-point buffers, and would turn fp8 weights back into wide ones.
+        # Weights and scales are kept as integer bits: ``module.to(dtype)`` (which pipelines call,
+        # e.g. from_pipe) casts floating-point buffers, and would widen the fp8 weights and round
+        # the fp32 scales they were quantised with.
         self.register_buffer("weight_bits", weight.view(torch.uint8))  # [out, in], row-major
-        self.register_buffer("weight_scale", scale)  # [out]
+        self.register_buffer("scale_bits", scale.float().view(torch.int32))  # [out]
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
 
     @property
     def weight_fp8(self) -> torch.Tensor:
         return self.weight_bits.view(FP8)
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        return self.scale_bits.view(torch.float32)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> "Fp8Linear":
@@ -65,10 +70,12 @@ class Fp8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features)
-        scale = (flat.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
-        quantised = (flat.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-        out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale,
-                               scale_b=self.weight_scale.float().view(1, -1), out_dtype=torch.bfloat16)
+        # Per-token scales in the input's own precision, so quantising needs no fp32 copy of the
+        # activations; the same (rounded) scale goes to the matmul, so the two agree exactly.
+        scale = (flat.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+        quantised = (flat / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        out = torch._scaled_mm(quantised, self.weight_fp8.t(), scale_a=scale.float(),
+                               scale_b=self.weight_scale.view(1, -1), out_dtype=torch.bfloat16)
         if self.bias is not None:
             out = out + self.bias
         return out.to(x.dtype).reshape(*shape[:-1], self.out_features)
