@@ -53,17 +53,26 @@ class TensorEntry:
     end: int
 
 
-def read_header(path: Path) -> list[TensorEntry]:
-    """The tensors in a safetensors file, in file order (format: u64 header length, JSON, data)."""
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's JSON header and the offset its tensor data starts at (format: u64
+    header length, JSON, data). ValueError when the file cannot hold what it claims."""
+    size = path.stat().st_size
     with path.open("rb") as handle:
         raw = handle.read(8)
         if len(raw) != 8:
-            raise StreamError(f"{path}: too short for a safetensors header")
+            raise ValueError(f"too short for a safetensors header ({size} bytes)")
         (length,) = struct.unpack("<Q", raw)
-        if length > 100 * 1024 * 1024:
-            raise StreamError(f"{path}: header length {length} is not plausible")
-        header = json.loads(handle.read(length))
-    data_start = 8 + length
+        if length > size - 8:
+            raise ValueError(f"header length {length} exceeds file size {size}")
+        return json.loads(handle.read(length)), 8 + length
+
+
+def read_header(path: Path) -> list[TensorEntry]:
+    """The tensors in a safetensors file, in file order, with absolute byte offsets."""
+    try:
+        header, data_start = safetensors_header(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StreamError(f"{path}: {error}") from error
     entries = []
     for name, info in header.items():
         if name == "__metadata__":

@@ -8,7 +8,6 @@ the loader reads the files itself either way, only faster.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,24 +23,15 @@ CHUNK = 16 * 1024 * 1024
 def weight_files(location: Path) -> list[Path]:
     """The tensor files a load will read, largest first so the slowest reads start earliest.
 
-    For a diffusers folder: the ``.safetensors`` files of the components ``model_index.json`` lists,
-    without variant copies (``*.fp16.safetensors``) the loader does not ask for, so a folder that
-    carries several precisions is not read several times.
+    For a diffusers folder: the ``.safetensors`` files of the components ``model_index.json`` lists
+    (shards from their index), without variant copies (``*.fp16.safetensors``) the loader does not
+    ask for, so a folder that carries several precisions is not read several times.
     """
     if location.is_file():
         return [location]
-    index = location / "model_index.json"
-    try:
-        components = json.loads(index.read_text())
-    except (OSError, ValueError):
-        return []  # the weights stage reports what is wrong with the folder
-    files = [
-        path
-        for name, value in components.items()
-        if not name.startswith("_") and isinstance(value, list) and value[0] is not None
-        for path in (location / name).glob("*.safetensors")
-        if len(path.name.split(".")) == 2  # "model.safetensors", shards too; not "model.fp16.safetensors"
-    ]
+    from pipeline.component_build import model_components, stream_files  # the loader's own file list
+
+    files = stream_files(model_components(location))
     return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -60,17 +59,15 @@ def configured_weights(explicit: Optional[str] = None, model: str = "sdxl") -> s
 
 def check_safetensors(path: Path) -> None:
     """Read the header and check the file is as long as the header says; no tensor data is read."""
+    from pipeline.weight_stream import safetensors_header
+
     try:
         size = path.stat().st_size
-        with path.open("rb") as handle:
-            (header_len,) = struct.unpack("<Q", handle.read(8))
-            if header_len > size - 8:
-                raise ValueError(f"header length {header_len} exceeds file size {size}")
-            header = json.loads(handle.read(header_len))
-    except (OSError, ValueError, struct.error, UnicodeDecodeError) as error:
+        header, data_start = safetensors_header(path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:
         raise WeightsError(f"{path}: not a readable .safetensors file ({error})") from error
     ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    needed = 8 + header_len + max(ends, default=0)
+    needed = data_start + max(ends, default=0)
     if size < needed:
         raise WeightsError(f"{path}: truncated .safetensors file ({size} bytes, header needs {needed})")
 
