@@ -126,8 +126,8 @@ def share_fused_weights(model: Any) -> int:
     """Point each unfused projection's weight and bias at its rows of the fused copy; bytes saved.
 
     diffusers' ``fuse_qkv_projections`` concatenates Q, K and V into a new layer and keeps the
-    originals, which the IP-Adapter's processors still use: Flux would carry about 2 B parameters
-    twice. As views of the fused rows, both paths read the same memory.
+    originals, which the IP-Adapter's processors still use: every Q, K and V projection would be
+    held twice (the load log prints how many bytes that is). As views of the fused rows, both paths read the same memory.
     """
     import torch
 
