@@ -8,8 +8,10 @@ is reported too: it includes any CUDA-graph capture, which a new size costs once
 
 ``--ablate`` adds one service row per speed switch (``pipeline/configs/speed.json``) flipped from
 its default, each on a freshly loaded model, so every switch's contribution and deviation is
-measured in the same run; ``--variant SPEED_X=v[,...]`` adds rows with any other settings.
-Prints a markdown table, writes JSON and the table.
+measured in the same run (``--ablate a,b`` names the switches, in that row order);
+``--variant SPEED_X=v[,...]`` adds rows with any other settings. A variant that fails becomes a row
+with its error, the other rows still run, and the exit status is 1. The JSON and the markdown table
+are rewritten after every row, so a run stopped at a device's time limit keeps the rows it finished.
 
 GPU (full-size random weights):
     python scripts/make_weights.py --size full --out weights/sdxl-full
@@ -113,6 +115,80 @@ def environment(values: dict[str, str]):
                 os.environ[name] = value
 
 
+def log_failure(variant: str, error: BaseException) -> None:
+    import traceback
+
+    print(f"variant {variant} FAILED: {type(error).__name__}: {error}", file=sys.stderr)
+    traceback.print_exception(error, file=sys.stderr)
+
+
+def service_rows(service: Any, variant: str, overrides: dict[str, str], args: argparse.Namespace, cases: list[tuple[int, int, int]],
+                 plain: dict[tuple, dict], guidance: float, cuda: bool, sync: Callable[[], None],
+                 peak_gb: Callable[[], float], reset_peak: Callable[[], None]) -> list[dict[str, Any]]:
+    """The service's rows for one variant, on a model loaded fresh with its settings."""
+    import numpy as np
+
+    from pipeline.generate import Batch, generate
+    from pipeline.loading import load_source
+    from pipeline.model_cache import MODEL_CACHE, release_memory
+    from pipeline.request import parse_request
+    from presets import resolve
+
+    with environment(overrides):
+        for model_id in MODEL_CACHE.ids():
+            MODEL_CACHE.evict(model_id)
+        release_memory()
+        model = load_source(service.default_source, service.backend)
+    rows = []
+    for width, height, steps in cases:
+        request = parse_request({"prompt": PROMPT, "width": width, "height": height, "seed": args.seed, "model": args.model})
+        settings = resolve(args.model, "balanced", num_inference_steps=steps, guidance_scale=guidance)
+        reset_peak()
+        run = lambda: generate(model, Batch([PROMPT], 1, args.seed), request, settings).images[0]  # noqa: E731
+        times, image, first = timed_runs(run, args.runs, sync)
+        syncs = count_host_syncs(run, cuda)
+        base = plain[(width, height, steps)]
+        plain_median, service_median = statistics.median(base["times"]), statistics.median(times)
+        difference = np.abs(np.asarray(image).astype(int) - base["image"])
+        rows.append({
+            "model": args.model, "variant": variant, "speed": model.speed.describe(),
+            "width": width, "height": height, "steps": steps, "runs": args.runs,
+            "plain_median_s": plain_median, "service_median_s": service_median,
+            "speedup": plain_median / service_median, "service_it_per_s": steps / service_median,
+            "plain_first_s": base["first_s"], "service_first_s": first,
+            "plain_peak_gb": base["peak_gb"], "service_peak_gb": peak_gb(),
+            "max_abs_pixel_diff": int(difference.max()), "mean_abs_pixel_diff": float(difference.mean()),
+            "host_syncs_per_image": syncs, "plain_times": base["times"], "service_times": times,
+        })
+    return rows
+
+
+def write_results(args: argparse.Namespace, device_name: str, rows: list[dict[str, Any]]) -> str:
+    """Write the JSON and the markdown table of the rows so far; return the table."""
+    lines = [f"Device: {device_name}. Median of {args.runs} runs after a warm-up; seconds per image.", "",
+             "| model | service settings | size | steps | plain diffusers | service | speed-up | service it/s | "
+             "first image (plain / service) | peak GB (plain / service) | pixel diff max / mean | host syncs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['variant']} | failed: {r['error'].splitlines()[0][:200]} |" + " |" * 9)
+            continue
+        lines.append(f"| {r['model']} | {r['variant']} | {r['width']}x{r['height']} | {r['steps']} | {r['plain_median_s']:.3f} | "
+                     f"{r['service_median_s']:.3f} | {r['speedup']:.2f}x | {r['service_it_per_s']:.1f} | "
+                     f"{r['plain_first_s']:.2f} / {r['service_first_s']:.2f} | "
+                     f"{r['plain_peak_gb']:.1f} / {r['service_peak_gb']:.1f} | {r['max_abs_pixel_diff']} / {r['mean_abs_pixel_diff']:.2f} | "
+                     f"{'–' if r['host_syncs_per_image'] is None else r['host_syncs_per_image']} |")
+    defaults = next((r for r in rows if r["variant"] == "defaults" and "speed" in r), None)
+    if defaults:
+        lines += ["", f"Service defaults on this device: {defaults['speed']}."]
+    table = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"generation-{args.model}"
+    (args.out / f"{stem}.json").write_text(json.dumps({"device": device_name, "weights": args.weights, "rows": rows}, indent=2))
+    (args.out / f"{stem}.md").write_text(table)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(GUIDANCE), default="sdxl")
@@ -164,68 +240,32 @@ def main() -> None:
 
     # 2. the service: its defaults, then each variant on a freshly loaded model
     os.environ["DEFAULT_MODEL"] = args.model
-    from pipeline.generate import Batch, generate
-    from pipeline.loading import load_source
-    from pipeline.model_cache import MODEL_CACHE, release_memory
-    from pipeline.request import parse_request
-    from presets import resolve
     from startup.chain import run_startup
 
     service = run_startup(args.weights)
     flipped = ablation(device, pipeline_class.__name__) if args.ablate else []
     if args.ablate and args.ablate != "all":
-        wanted = {f"SPEED_{name.strip().upper()}" for name in args.ablate.split(",")}
-        flipped = [variant for variant in flipped if variant.split("=")[0] in wanted]
+        wanted = [f"SPEED_{name.strip().upper()}" for name in args.ablate.split(",")]
+        flipped = [variant for name in wanted for variant in flipped if variant.split("=")[0] == name]  # in the order named
     variants = ["defaults"] + flipped + args.variant
-    rows = []
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    rows: list[dict[str, Any]] = []
     for variant in variants:
         overrides = {} if variant == "defaults" else dict(item.split("=", 1) for item in variant.split(","))
-        with environment(overrides):
-            for model_id in MODEL_CACHE.ids():
-                MODEL_CACHE.evict(model_id)
-            release_memory()
-            model = load_source(service.default_source, service.backend)
-        for width, height, steps in cases:
-            request = parse_request({"prompt": PROMPT, "width": width, "height": height, "seed": args.seed, "model": args.model})
-            settings = resolve(args.model, "balanced", num_inference_steps=steps, guidance_scale=guidance)
-            reset_peak()
-            run = lambda: generate(model, Batch([PROMPT], 1, args.seed), request, settings).images[0]  # noqa: E731
-            times, image, first = timed_runs(run, args.runs, sync)
-            syncs = count_host_syncs(run, cuda)
-            base = plain[(width, height, steps)]
-            plain_median, service_median = statistics.median(base["times"]), statistics.median(times)
-            rows.append({
-                "model": args.model, "variant": variant, "speed": model.speed.describe(),
-                "width": width, "height": height, "steps": steps, "runs": args.runs,
-                "plain_median_s": plain_median, "service_median_s": service_median,
-                "speedup": plain_median / service_median, "service_it_per_s": steps / service_median,
-                "plain_first_s": base["first_s"], "service_first_s": first,
-                "plain_peak_gb": base["peak_gb"], "service_peak_gb": peak_gb(),
-                "max_abs_pixel_diff": int(np.abs(np.asarray(image).astype(int) - base["image"]).max()),
-                "mean_abs_pixel_diff": float(np.abs(np.asarray(image).astype(int) - base["image"]).mean()),
-                "host_syncs_per_image": syncs, "plain_times": base["times"], "service_times": times,
-            })
-        del model
-
-    name = torch.cuda.get_device_name() if cuda else "cpu"
-    lines = [f"Device: {name}. Median of {args.runs} runs after a warm-up; seconds per image.", "",
-             "| model | service settings | size | steps | plain diffusers | service | speed-up | service it/s | "
-             "first image (plain / service) | peak GB (plain / service) | pixel diff max / mean | host syncs |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['variant']} | {r['width']}x{r['height']} | {r['steps']} | {r['plain_median_s']:.3f} | "
-                     f"{r['service_median_s']:.3f} | {r['speedup']:.2f}x | {r['service_it_per_s']:.1f} | "
-                     f"{r['plain_first_s']:.2f} / {r['service_first_s']:.2f} | "
-                     f"{r['plain_peak_gb']:.1f} / {r['service_peak_gb']:.1f} | {r['max_abs_pixel_diff']} / {r['mean_abs_pixel_diff']:.2f} | "
-                     f"{'–' if r['host_syncs_per_image'] is None else r['host_syncs_per_image']} |")
-    lines += ["", f"Service defaults on this device: {rows[0]['speed']}."]
-    table = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"generation-{args.model}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"device": name, "weights": args.weights, "rows": rows}, indent=2))
-    (args.out / f"{stem}.md").write_text(table)
+        try:
+            rows += service_rows(service, variant, overrides, args, cases, plain, guidance, cuda, sync, peak_gb, reset_peak)
+        except Exception as error:  # noqa: BLE001 - one switch failing must not lose the others' rows
+            log_failure(variant, error)
+            rows.append({"model": args.model, "variant": variant, "error": f"{type(error).__name__}: {error}"[:2000]})
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        table = write_results(args, name, rows)  # after every row: a run cut off still leaves its rows
     print(table)
-    print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")
+    print(f"wrote {args.out}/generation-{args.model}.json and .md")
+    failed = [row["variant"] for row in rows if "error" in row]
+    if failed:
+        sys.exit(f"FAILED variants (their rows say why): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

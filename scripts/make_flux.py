@@ -92,14 +92,14 @@ def parameter_count(model: torch.nn.Module) -> int:
 def _random_tensor(name: str, shape: torch.Size, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     """Random weights with unit-ish activations: every 1-D parameter in these models is a norm
     scale (``*.weight``: ones) or a bias (zeros); matrices, convolutions and embeddings get
-    N(0, INIT_GAIN / sqrt(fan_in))."""
+    N(0, INIT_GAIN / sqrt(fan_in)). Drawn on the generator's device, returned in host memory."""
     import torch
 
     if len(shape) == 1:
         return torch.full(tuple(shape), 1.0 if name.endswith("weight") else 0.0, dtype=dtype)
     fan_in = math.prod(shape[1:])
-    values = torch.randn(tuple(shape), generator=generator).mul_(INIT_GAIN / math.sqrt(fan_in))
-    return values.to(dtype)
+    values = torch.randn(tuple(shape), generator=generator, device=generator.device).mul_(INIT_GAIN / math.sqrt(fan_in))
+    return values.to(dtype).cpu()
 
 
 def _shards(sizes: dict[str, int], limit: int) -> list[list[str]]:
@@ -116,11 +116,12 @@ def _shards(sizes: dict[str, int], limit: int) -> list[list[str]]:
 
 
 def write_random_weights(model: torch.nn.Module, folder: Path, dtype: torch.dtype, seed: int,
-                         max_shard_bytes: int | None = None) -> Path:
+                         max_shard_bytes: int | None = None, device: str = "cpu") -> Path:
     """Write ``model`` (on the meta device) to ``folder`` as its library's save_pretrained would:
     config plus safetensors, sharded with an index above ``max_shard_bytes`` (default
     ``MAX_SHARD_BYTES``), but generating each shard's random tensors just before writing it, so
-    only one shard is ever in memory. ``seed`` fixes the values: same seed, same weights."""
+    only one shard is ever in memory. ``seed`` fixes the values: same seed and ``device``, same
+    weights (a GPU's generator draws other values than the CPU's, and far faster)."""
     import torch
     from diffusers import ModelMixin
     from safetensors.torch import save_file
@@ -152,7 +153,7 @@ def write_random_weights(model: torch.nn.Module, folder: Path, dtype: torch.dtyp
     sizes = {name: t.numel() * element_size for name, t in tensors.items()}
     groups = _shards(sizes, max_shard_bytes or MAX_SHARD_BYTES)
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     weight_map: dict[str, str] = {}
     for number, group in enumerate(groups, start=1):
         file_name = weights_name
@@ -196,7 +197,7 @@ def _check_vocabularies(variant: str, out: Path) -> None:
             raise ValueError(f"{encoder_name} vocab_size {vocab_size} < {tokenizer_name}'s {size} tokens")
 
 
-def build_flux(variant: str, out: Path, dtype_name: str = "bfloat16", seed: int = 0) -> Path:
+def build_flux(variant: str, out: Path, dtype_name: str = "bfloat16", seed: int = 0, device: str = "cpu") -> Path:
     """Write a random-weight FLUX.1 diffusers folder for ``variant`` to ``out`` and return it.
 
     Not ``FluxPipeline(...).save_pretrained``: that needs every component in memory at once (34 GB
@@ -220,12 +221,40 @@ def build_flux(variant: str, out: Path, dtype_name: str = "bfloat16", seed: int 
     _check_vocabularies(variant, out)
     for index, name in enumerate(MODELS):
         # One component at a time: nothing of the previous one is alive while the next is written.
-        write_random_weights(empty_model(variant, name), out / name, dtype, seed=seed * len(MODELS) + index)
+        write_random_weights(empty_model(variant, name), out / name, dtype, seed=seed * len(MODELS) + index, device=device)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(component_config(variant, "scheduler"))
     scheduler.save_pretrained(str(out / "scheduler"))
     # The published model_index.json, verbatim. It names T5TokenizerFast, which transformers 4 and 5
     # both load from tokenizer.json; transformers 5's FluxPipeline.save_pretrained would record the
     # class's new name, T5Tokenizer, which transformers 4 reads as the sentencepiece-only tokenizer.
+    shutil.copyfile(config_dir / "model_index.json", out / "model_index.json")
+    return out
+
+
+def build_flux_sharing(base: Path, out: Path, variant: str, dtype_name: str = "bfloat16", seed: int = 0,
+                       device: str = "cpu") -> Path:
+    """Write ``variant`` beside the built folder ``base``, linking base's VAE, text encoders and
+    tokenizers and drawing only its own transformer and scheduler.
+
+    FLUX.1 dev and schnell differ only there (``SCHNELL_OVERRIDES``), and both full-size folders
+    (34 GB each) do not fit a 64 GB benchmark disk; linked, the second costs 23 GB.
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    config_dir, _ = VARIANTS[variant]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        link = out / name
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        shutil.rmtree(link, ignore_errors=True)
+        link.symlink_to((base / name).resolve(), target_is_directory=True)
+    shutil.rmtree(out / "transformer", ignore_errors=True)
+    write_random_weights(empty_model(variant, "transformer"), out / "transformer", getattr(torch, dtype_name),
+                         seed=seed * len(MODELS), device=device)
+    shutil.rmtree(out / "scheduler", ignore_errors=True)
+    FlowMatchEulerDiscreteScheduler.from_config(component_config(variant, "scheduler")).save_pretrained(str(out / "scheduler"))
     shutil.copyfile(config_dir / "model_index.json", out / "model_index.json")
     return out
 
@@ -236,9 +265,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the random values are drawn (cuda: seconds for full size)")
     args = parser.parse_args()
     started = time.perf_counter()
-    out = build_flux(args.variant, args.out, args.dtype, args.seed)
+    out = build_flux(args.variant, args.out, args.dtype, args.seed, args.device)
     size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
     seconds = time.perf_counter() - started
     print(f"wrote {args.variant} random-weight FLUX.1 to {out} ({size_mb:.1f} MB) in {seconds:.1f} s")

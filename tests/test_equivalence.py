@@ -37,6 +37,23 @@ def test_each_speed_switch_measured_alone_keeps_the_image(tiny_weights: Path, tm
                          "SPEED_VAE_DECODE=bfloat16", "SPEED_ATTENTION=cudnn", "SPEED_ATTENTION=flash",
                          "SPEED_ATTENTION=efficient", "SPEED_COMPILE=regional"}
     for variant, row in rows.items():
+        assert "error" not in row, row
         assert row["max_abs_pixel_diff"] <= (16 if "VAE_DECODE" in variant else 1), row
     assert "fuse_qkv True" in rows["SPEED_FUSE_QKV=1"]["speed"]
     assert "cuda_graphs False" in rows["SPEED_CUDA_GRAPHS=1"]["speed"]  # never without CUDA
+
+
+def test_a_failing_variant_is_its_own_row_and_the_run_goes_on(tiny_weights: Path, tmp_path: Path) -> None:
+    """On a device a switch may fail; its row says why, the other rows stay, and the exit says so."""
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_generation.py", "--model", "sdxl", "--weights", str(tiny_weights),
+         "--cases", "64x64x1", "--runs", "1", "--variant", "SPEED_ATTENTION=bogus", "--variant", "SPEED_FUSE_QKV=1",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1 and "FAILED variants (their rows say why): SPEED_ATTENTION=bogus" in result.stderr
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "generation-sdxl.json").read_text())["rows"]}
+    assert list(rows) == ["defaults", "SPEED_ATTENTION=bogus", "SPEED_FUSE_QKV=1"]
+    assert "$SPEED_ATTENTION='bogus': allowed auto, cudnn, flash, efficient" in rows["SPEED_ATTENTION=bogus"]["error"]
+    assert rows["SPEED_FUSE_QKV=1"]["max_abs_pixel_diff"] <= 1
+    assert "| sdxl | SPEED_ATTENTION=bogus | failed: ValueError" in (tmp_path / "generation-sdxl.md").read_text()

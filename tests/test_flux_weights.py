@@ -14,6 +14,7 @@ from scripts.make_flux import (
     CONFIGS,
     SCHNELL_OVERRIDES,
     build_flux,
+    build_flux_sharing,
     component_config,
     empty_model,
     parameter_count,
@@ -79,6 +80,31 @@ def test_sharded_weights_load_like_a_single_file(tmp_path: Path) -> None:
     one = FluxTransformer2DModel.from_pretrained(single).state_dict()
     many = FluxTransformer2DModel.from_pretrained(sharded).state_dict()
     assert one.keys() == many.keys() and all(torch.equal(one[k], many[k]) for k in one)
+
+
+def test_schnell_beside_dev_shares_its_encoders_and_vae(tmp_path: Path) -> None:
+    """The GPU check builds full schnell beside full dev (both whole do not fit its 64 GB disk):
+    only the transformer and scheduler are drawn; the rest are links that load as the same files."""
+    from diffusers import FluxPipeline
+
+    dev = build_flux("tiny", tmp_path / "dev")
+    schnell = build_flux_sharing(dev, tmp_path / "schnell", "tiny-schnell", dtype_name="float32")
+    for name in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        assert (schnell / name).is_symlink() and (schnell / name).resolve() == (dev / name).resolve()
+    assert not (schnell / "transformer").is_symlink()
+    pipe = FluxPipeline.from_pretrained(schnell, dtype=torch.float32, local_files_only=True)
+    assert pipe.transformer.config.guidance_embeds is False
+    assert pipe.scheduler.config.use_dynamic_shifting is False
+    generate(pipe, guidance_scale=0.0, seed=1)
+
+
+def test_random_values_are_drawn_on_the_generators_device_and_written_from_the_host() -> None:
+    from scripts.make_flux import _random_tensor
+
+    generator = torch.Generator("cpu").manual_seed(0)
+    tensor = _random_tensor("blocks.0.weight", torch.Size([8, 16]), torch.bfloat16, generator)
+    assert tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16
+    assert 0 < tensor.float().std().item() < 0.5 / 16**0.5 * 1.5
 
 
 def test_full_transformer_parameter_counts() -> None:

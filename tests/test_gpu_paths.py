@@ -41,7 +41,7 @@ def test_weight_stream_puts_the_files_bytes_on_the_gpu(tiny_weights: Path) -> No
 
 @pytest.mark.parametrize("model_name", ["sdxl", "flux-dev"])
 def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dict, monkeypatch, model_name: str) -> None:
-    """Every CUDA default (weight stream, fused QKV, channels-last, CUDA graphs, bf16 decode) against
+    """Every CUDA default (weight stream, fused QKV, CUDA graphs, bf16 decode) against
     everything off, on the same seeds: graphs captured once per size and verified."""
     from pipeline.generate import Batch, generate
     from pipeline.loading import with_speedups

@@ -20,7 +20,9 @@ CPU = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, 
 def test_every_switch_is_off_on_cpu_and_from_data_on_cuda() -> None:
     assert speed_settings("cpu", env={}) == SpeedSettings()
     cuda = speed_settings("cuda", env={})
-    assert cuda.fuse_qkv and cuda.channels_last and cuda.cuda_graphs and cuda.vae_decode == "bfloat16"
+    assert cuda.fuse_qkv and cuda.cuda_graphs and cuda.vae_decode == "bfloat16"
+    # measured slower on an H200 (README, Performance), so off until a run says otherwise
+    assert not cuda.channels_last and speed_settings("cuda", env={"SPEED_CHANNELS_LAST": "1"}).channels_last
 
 
 def test_environment_overrides_and_names_the_variable_when_wrong() -> None:

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# One device command per PART: every CUDA path and speed target, checked on a bare H100/H200.
+#
+#   scripts/gpu_check.sh sdxl|flux|extras         on the device (after scripts/gpu_wheels.sh here)
+#   GPU_CHECK_REHEARSAL=1 scripts/gpu_check.sh P  the same sequence on the CPU with tiny weights
+#   scripts/gpu_check.sh --rehearsal-venv DIR     make a Python 3.12 venv with the device's versions
+#
+# The device reaches no package index and keeps nothing between machines, so a part installs the
+# carried wheels (.whl/), builds the full-size random weights it needs on the local disk (the GPU
+# draws the random values), then runs its checks in order of value. After each step it rewrites
+# $OUT/PART.json and $OUT/PART.md (scripts/gpu_check_report.py) and $OUT/PART.log holds the whole
+# log, so a run cut off by its limit still returns every finished step. Each step has its own time
+# limit, and no step starts past the part's deadline ($GPU_CHECK_DEADLINE_S, default 450 s).
+#
+# Device call (the `run` tool): carry [".whl"], timeout_s 480, command:
+#   bash scripts/gpu_check.sh sdxl
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [ "${1:-}" = "--rehearsal-venv" ]; then
+  # The device image's pinned versions (the GPU issue; shared ENVIRONMENT.md) and the packages the
+  # image already has that the checks import (requests; matplotlib, attrs, absl-py, flatbuffers and
+  # OpenCV for mediapipe). The carried wheels are not here: each part installs them itself, as on
+  # the device. pyenv's 3.12 on the CPU machine.
+  DIR="${2:?usage: gpu_check.sh --rehearsal-venv DIR}"
+  set -e
+  PYENV_VERSION=3.12.1 python3.12 -m venv "$DIR"
+  "$DIR/bin/pip" install --quiet --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 transformers==5.17.0 \
+    huggingface_hub==1.33.0 numpy==2.4.6 tokenizers==0.23.2 accelerate==1.15.0 safetensors==0.8.0 \
+    pillow pytest scikit-image requests matplotlib attrs absl-py flatbuffers opencv-python-headless
+  "$DIR/bin/pip" check
+  echo "rehearsal venv ready: GPU_CHECK_PYTHON=$DIR/bin/python GPU_CHECK_REHEARSAL=1 bash scripts/gpu_check.sh sdxl"
+  exit 0
+fi
+
+PART="${1:?usage: gpu_check.sh sdxl|flux|extras}"
+case "$PART" in sdxl|flux|extras) ;; *) echo "unknown part $PART: sdxl, flux or extras" >&2; exit 2 ;; esac
+REHEARSAL="${GPU_CHECK_REHEARSAL:-0}"
+WORK="${GPU_CHECK_WORK:-/tmp/gpu-check}"
+OUT="${OUT:-$WORK/out}"
+PYTHON="$(command -v "${GPU_CHECK_PYTHON:-python3}")"
+DEADLINE=$(( $(date +%s) + ${GPU_CHECK_DEADLINE_S:-450} ))
+mkdir -p "$WORK" "$OUT"
+rm -f "$OUT/$PART.json" "$OUT/$PART.md"
+exec > >(tee "$OUT/$PART.log") 2>&1
+export PYTHONUNBUFFERED=1
+
+if [ "$REHEARSAL" = 1 ]; then
+  DEVICE=cpu; SDXL_SIZE=tiny; FLUX_DEV=tiny; FLUX_SCHNELL=tiny-schnell; ADAPTER_SIZE=tiny
+  SDXL_CASES=64x64x2,128x128x2; SDXL_CASE=64x64x2; FLUX_CASE=64x64x2; SCHNELL_CASE=64x64x4; RUNS=1; ABLATE_RUNS=1; IMAGE_SIZE=128
+  export CUDA_VISIBLE_DEVICES=""  # a rehearsal never touches a GPU, even on a machine with one
+else
+  DEVICE=cuda; SDXL_SIZE=full; FLUX_DEV=dev; FLUX_SCHNELL=schnell; ADAPTER_SIZE=full
+  SDXL_CASES=1024x1024x20,768x768x15; SDXL_CASE=1024x1024x20; FLUX_CASE=1024x1024x28; SCHNELL_CASE=1024x1024x4
+  RUNS=5; ABLATE_RUNS=3; IMAGE_SIZE=1024
+fi
+W="$WORK/weights"
+SDXL_W="$W/sdxl-$SDXL_SIZE"; FLUX_W="$W/flux-$FLUX_DEV"; SCHNELL_W="$W/flux-$FLUX_SCHNELL"; ADAPTER_W="$W/ip-adapter-$ADAPTER_SIZE"
+
+echo "gpu_check $PART: rehearsal=$REHEARSAL python=$PYTHON work=$WORK out=$OUT $(date -u +%FT%TZ)"
+
+# 1. The carried wheels, into a private folder on the path (the image's own packages stay as they are).
+if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl; then
+  echo "FAILED: installing the carried wheels (run scripts/gpu_wheels.sh here and carry .whl)"; exit 1
+fi
+export PYTHONPATH="$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# coglet starts its worker with `python` from PATH: make that this interpreter (a wrapper, not a
+# link, so a venv interpreter keeps its venv).
+mkdir -p "$WORK/bin"
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$PYTHON" > "$WORK/bin/python"
+chmod +x "$WORK/bin/python"
+export PATH="$WORK/bin:$PATH"
+export PYTHON ROOT WORK
+
+step() {  # step NAME LIMIT_S FUNCTION: run it with its own limit and result folder, then report
+  local name="$1" limit="$2" fn="$3" left=$(( DEADLINE - $(date +%s) ))
+  if [ "$left" -lt 20 ]; then
+    echo "=== skip $name: the part's deadline is ${left}s away"
+    "$PYTHON" scripts/gpu_check_report.py "$OUT" "$PART" "$name" 124 0
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit="$left"
+  export STEP_DIR="$WORK/results/$PART/$name"
+  rm -rf "$STEP_DIR"; mkdir -p "$STEP_DIR"
+  echo "=== step $name (limit ${limit}s) $(date -u +%T)"
+  local started; started=$(date +%s%N)
+  timeout --kill-after=5 "$limit" bash -c "set -o pipefail; $fn"
+  local status=$?
+  local ms=$(( ($(date +%s%N) - started) / 1000000 ))
+  local seconds; seconds=$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))
+  pkill -9 -f "$ROOT/scripts/serve.py" 2>/dev/null || true  # servers a killed benchmark left behind
+  echo "=== step $name: exit $status after ${seconds}s"
+  "$PYTHON" scripts/gpu_check_report.py "$OUT" "$PART" "$name" "$status" "$seconds" "$STEP_DIR"
+}
+
+environment() {
+  { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 || true
+    "$PYTHON" -c "import sys, torch, diffusers, transformers, accelerate, safetensors, numpy, cog
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| cudnn', torch.backends.cudnn.version())
+print('diffusers', diffusers.__version__, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__,
+      '| safetensors', safetensors.__version__, '| numpy', numpy.__version__, '| cog', cog.__version__)
+print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+    nproc; free -g | head -2; df -h /tmp | tail -1; } > "$STEP_DIR/environment.txt" 2>&1
+  cat "$STEP_DIR/environment.txt"
+  "$PYTHON" -c "import diffusers, cog, coglet, torch" || { echo "FAILED: the libraries do not import"; return 1; }
+}
+sdxl_weights() {
+  [ -f "$SDXL_W/model_index.json" ] && return 0
+  "$PYTHON" scripts/make_weights.py --size "$SDXL_SIZE" --device "$DEVICE" --out "$SDXL_W" \
+    || { echo "building on $DEVICE failed; building on the CPU"; rm -rf "$SDXL_W"; "$PYTHON" scripts/make_weights.py --size "$SDXL_SIZE" --out "$SDXL_W"; }
+}
+flux_weights() {
+  # The disk (64 GB) holds one family: full Flux dev plus schnell's own transformer is 57 GB.
+  rm -rf "${W:?}"/sdxl-* "${W:?}"/ip-adapter-*
+  local pair
+  for pair in "$FLUX_DEV:$FLUX_W" "$FLUX_SCHNELL:$SCHNELL_W"; do
+    local variant="${pair%%:*}" folder="${pair#*:}"
+    [ -f "$folder/model_index.json" ] && continue
+    if [ "$folder" = "$SCHNELL_W" ]; then
+      # schnell shares dev's VAE and text encoders: link them, draw only its transformer (disk: 64 GB)
+      "$PYTHON" - "$FLUX_W" "$folder" "$variant" "$DEVICE" <<'PY' || return 1
+import sys
+from pathlib import Path
+from scripts.make_flux import build_flux_sharing
+build_flux_sharing(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], device=sys.argv[4])
+PY
+    else
+      "$PYTHON" scripts/make_flux.py --variant "$variant" --device "$DEVICE" --out "$folder" || return 1
+    fi
+  done
+}
+gpu_paths() {
+  "$PYTHON" -m pytest -v -p no:cacheprovider --junitxml="$STEP_DIR/pytest.xml" tests/test_gpu_paths.py
+}
+sdxl_generation() {
+  "$PYTHON" scripts/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASES" --runs "$RUNS" --out "$STEP_DIR"
+}
+sdxl_coldstart() {
+  "$PYTHON" scripts/bench_coldstart.py --weights "$SDXL_W" --cache warm --runs 1 --first-image "$SDXL_CASE" --out "$STEP_DIR"
+}
+sdxl_imports() {
+  "$PYTHON" scripts/import_profile.py --model sdxl --out "$STEP_DIR"
+}
+sdxl_ablation() {
+  # compile=regional is the extras part's (its first call compiles for minutes)
+  "$PYTHON" scripts/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASE" --runs "$ABLATE_RUNS" \
+    --ablate fuse_qkv,channels_last,cuda_graphs,vae_decode,attention --out "$STEP_DIR"
+}
+flux_generation() {
+  # plain against the defaults, the two lossy opt-in rows, then the exact switches (rows in this order,
+  # each written as it finishes); attention kernel order is left to SDXL's rows
+  "$PYTHON" scripts/bench_generation.py --model flux-dev --weights "$FLUX_W" --cases "$FLUX_CASE" --runs "$ABLATE_RUNS" \
+    --ablate step_cache,fp8_matmul,cuda_graphs,fuse_qkv,channels_last --out "$STEP_DIR"
+}
+flux_schnell() {
+  "$PYTHON" scripts/bench_generation.py --model flux-schnell --weights "$SCHNELL_W" --cases "$SCHNELL_CASE" --runs "$RUNS" --out "$STEP_DIR"
+}
+flux_coldstart() {
+  "$PYTHON" scripts/bench_coldstart.py --model flux-dev --weights "$FLUX_W" --cache warm --runs 1 --first-image "$FLUX_CASE" --out "$STEP_DIR"
+}
+extras_identity() {
+  "$PYTHON" scripts/make_ip_adapter.py --size "$ADAPTER_SIZE" --out "$ADAPTER_W" >/dev/null \
+    && "$PYTHON" scripts/bench_identity.py --weights "$SDXL_W" --ip-adapter "$ADAPTER_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" \
+         --json "$STEP_DIR/identity.json"
+}
+extras_adetailer() {
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
+    .whl/adetailer/*.whl || { echo "FAILED: installing .whl/adetailer (run scripts/gpu_wheels.sh here)"; return 1; }
+  "$PYTHON" scripts/bench_adetailer.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" --json "$STEP_DIR/adetailer.json"
+}
+extras_compile() {
+  COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" scripts/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
+    --cases "$SDXL_CASE" --out "$STEP_DIR"
+}
+export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_imports sdxl_ablation \
+  flux_generation flux_schnell flux_coldstart extras_identity extras_adetailer extras_compile
+export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
+  SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE
+
+# 2. The part's steps, most valuable first.
+step environment 60 environment
+case "$PART" in
+  sdxl)
+    step weights 240 sdxl_weights
+    step gpu_paths 200 gpu_paths
+    step generation 150 sdxl_generation
+    step coldstart 150 sdxl_coldstart
+    step imports 60 sdxl_imports
+    step ablation 200 sdxl_ablation
+    ;;
+  flux)
+    step weights 240 flux_weights
+    step generation 220 flux_generation
+    step schnell 90 flux_schnell
+    step coldstart 150 flux_coldstart
+    ;;
+  extras)
+    step weights 240 sdxl_weights
+    step identity 150 extras_identity
+    step adetailer 100 extras_adetailer
+    step compile 300 extras_compile
+    ;;
+esac
+echo "gpu_check $PART done $(date -u +%FT%TZ)"
+cat "$OUT/$PART.md"
