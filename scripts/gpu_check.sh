@@ -64,6 +64,9 @@ echo "gpu_check $PART: rehearsal=$REHEARSAL python=$PYTHON work=$WORK out=$OUT $
 if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl; then
   echo "FAILED: installing the carried wheels (run scripts/gpu_wheels.sh here and carry .whl)"; exit 1
 fi
+# --no-compile above keeps the install quick; compile the bytecode now, so no step (start-up
+# above all) pays for compiling a module on its first import.
+"$PYTHON" -m compileall -q -j 0 "$WORK/site" >/dev/null || echo "compileall reported errors (see above)"
 export PYTHONPATH="$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # coglet starts its worker with `python` from PATH: make that this interpreter (a wrapper, not a
 # link, so a venv interpreter keeps its venv).
