@@ -17,7 +17,7 @@ from cog import BasePredictor, Input, Path
 from adetailer.args import AD_FIELDS, parse_adetailer_args
 from pipeline.fields import FieldSpec
 from pipeline.jobs import run_job
-from pipeline.loading import select_model
+from pipeline.loading import requested_model, select_model
 from pipeline.outputs import save_images
 from pipeline.request import FIELDS, check_model_options, parse_request
 from presets import resolve
@@ -96,8 +96,9 @@ class Predictor(BasePredictor):
         request = parse_request({name: raw[name] for name in FIELDS})
         ad_args = parse_adetailer_args({name: raw[name] for name in AD_FIELDS})
         service = self.service
-        loaded = select_model(request.model, service.default_source, service.available, service.backend)
-        check_model_options(request, loaded.spec, ad_args.ad_negative_prompt)
+        spec = requested_model(request.model, service.default_source.model, service.available)
+        check_model_options(request, spec, ad_args.ad_negative_prompt)  # before anything loads
+        loaded = select_model(spec.name, service.default_source, service.backend)
         settings = resolve(
             loaded.family, request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
         )

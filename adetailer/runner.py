@@ -18,6 +18,7 @@ from adetailer.detection import Detector
 from adetailer.inpaint import InpaintSettings, inpaint_region
 from adetailer.mask import dilate_erode, filter_by_ratio, filter_k_largest
 from pipeline.generate import generators_for
+from pipeline.schedulers import fresh_scheduler
 from pipeline.model_cache import MODEL_CACHE
 from pipeline.loading import LoadedModel
 from presets import EffectiveSettings
@@ -65,7 +66,8 @@ def inpaint_pipeline(model: LoadedModel) -> Any:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    return MODEL_CACHE.get_or_load(f"inpaint:{model.source.model_id}", build)
+    with model.lock:
+        return MODEL_CACHE.get_or_load(f"inpaint:{model.source.model_id}", build)
 
 
 def inpaint_settings(
@@ -96,15 +98,19 @@ def run_adetailer(
     negative_prompt: str,
     preset: EffectiveSettings,
     seed: int,
+    scheduler: str = "K_EULER",
 ) -> list[Any]:
     """Apply each requested pass to each image (``prompts[i]`` made image ``i``); images without
-    detections come back unchanged."""
+    detections come back unchanged. The inpaint samples with the request's ``scheduler``, built
+    fresh from the model's own config, as the main image did (``from_pipe`` would otherwise keep
+    whichever scheduler object the main pipeline had when the inpaint pipeline was built)."""
     if args.need_skip():
         return images
     if args.ad_denoising_strength == 0:
         log.info("ADetailer: ad_denoising_strength is 0, nothing to redraw; images unchanged")
         return images
     pipe = inpaint_pipeline(model)
+    pipe.scheduler = fresh_scheduler(model.spec.schedulers, scheduler, model.base_scheduler_config, model.pipe.scheduler)
     native = model.pipe.default_sample_size * model.pipe.vae_scale_factor  # 1024 for SDXL and Flux
     fixed = []
     for index, image in enumerate(images):

@@ -187,4 +187,5 @@ def load_adapter(model: LoadedModel, folder: Path | None = None) -> IPAdapter:
         log.info("IP-Adapter %s loaded from %s", variant_name, folder)
         return adapter
 
-    return MODEL_CACHE.get_or_load(key, build)
+    with model.lock:  # it swaps the denoiser's processors: never under a running request
+        return MODEL_CACHE.get_or_load(key, build)

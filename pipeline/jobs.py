@@ -75,29 +75,31 @@ def run_job(
     elif request.face_image is not None:
         log.info("ip_adapter_scale is 0: face_image not used")
 
-    started = time.perf_counter()
-    try:
-        if adapter is not None:
-            adapter.activate(settings.ip_adapter_scale)
-        if request.scenes:
-            prompts = scene_prompts(request.scenes, request.character, request.prompt)
-            images = _storyboard(model, device, request, settings, prompts, seed, adapter_kwargs)
-        else:
-            prompts = [request.prompt] * request.num_outputs
-            batch = Batch([request.prompt], request.num_outputs, seed)
-            images = generate(model, batch, request, settings, adapter_kwargs(batch.size)).images
-    finally:
-        if adapter is not None:
-            adapter.deactivate()
-    generation_seconds = time.perf_counter() - started
-    result = JobResult(images, prompts, seed, generation_seconds, settings.num_inference_steps)
+    with model.lock:  # nothing else may change this pipeline while the request runs on it
+        started = time.perf_counter()
+        try:
+            if adapter is not None:
+                adapter.activate(settings.ip_adapter_scale)
+            if request.scenes:
+                prompts = scene_prompts(request.scenes, request.character, request.prompt)
+                images = _storyboard(model, device, request, settings, prompts, seed, adapter_kwargs)
+            else:
+                prompts = [request.prompt] * request.num_outputs
+                batch = Batch([request.prompt], request.num_outputs, seed)
+                images = generate(model, batch, request, settings, adapter_kwargs(batch.size)).images
+        finally:
+            if adapter is not None:
+                adapter.deactivate()
+        generation_seconds = time.perf_counter() - started
+        result = JobResult(images, prompts, seed, generation_seconds, settings.num_inference_steps)
 
-    if not ad_args.need_skip():
-        from adetailer.runner import run_adetailer  # imported only when asked for
+        if not ad_args.need_skip():
+            from adetailer.runner import run_adetailer  # imported only when asked for
 
-        ad_started = time.perf_counter()
-        result.images = run_adetailer(model, result.images, ad_args, prompts, request.negative_prompt, settings, seed)
-        result.timings["adetailer_seconds"] = time.perf_counter() - ad_started
+            ad_started = time.perf_counter()
+            result.images = run_adetailer(model, result.images, ad_args, prompts, request.negative_prompt, settings, seed,
+                                          request.scheduler)
+            result.timings["adetailer_seconds"] = time.perf_counter() - ad_started
     if request.scenes:
         result.sheet = contact_sheet(result.images)
     return result

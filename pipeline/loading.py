@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pipeline.fields import InputError
@@ -30,6 +31,10 @@ class LoadedModel:
     profile: Optional[Profile] = None  # the hardware profile it was loaded under
     speed: SpeedSettings = SpeedSettings()  # generation speed switches in force (pipeline.speed)
     graphs: Optional[Any] = None  # the denoiser's CUDA graphs (pipeline.cuda_graphs), when in use
+    # Held by whatever runs or changes the pipeline (a request, an adapter or inpaint pipeline being
+    # built on it, a background preload), so none of them sees another's half-swapped modules.
+    # Taken before the cache's own per-entry locks, never after, so the order is always the same.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def spec(self) -> ModelSpec:
@@ -101,13 +106,10 @@ def start_weight_stream(source: WeightsSource, backend: Backend, ready: Optional
 def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] = None) -> LoadedModel:
     """Build the pipeline for a resolved source, once: a cached model is returned as it is. If memory
     is short, least recently used models are evicted first. ``stream``: this source's weight stream,
-    already started (see ``start_weight_stream``)."""
-    size = 0
-    if source.model_id in MODEL_CACHE and stream is not None:
-        stream.close()  # already loaded: the streamed copy is not needed
-    if source.model_id not in MODEL_CACHE:  # sized (a walk of its files) only when it must load
-        size = weight_bytes(source)
-        MODEL_CACHE.make_room(size, free_bytes(backend), keep=source.model_id)
+    already started (see ``start_weight_stream``); closed here if the model needed none of it.
+
+    Sizing (a walk of its files), eviction and the load run under the cache's lock for this id, so
+    concurrent requests for a model that is not loaded yet do each once between them."""
 
     def build() -> LoadedModel:
         if MODELS[source.model].pipeline_class == "FluxPipeline":
@@ -120,7 +122,10 @@ def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] =
             model = load_sdxl(source, backend, stream=stream)
         return with_speedups(model, backend)
 
-    return MODEL_CACHE.get_or_load(source.model_id, build, size_bytes=size)
+    model = MODEL_CACHE.get_or_load(source.model_id, build, size_bytes=lambda: weight_bytes(source), free=free_bytes(backend))
+    if stream is not None:
+        stream.close()  # a no-op when the build consumed it; frees it when the model was loaded already
+    return model
 
 
 def load_model(name: str, backend: Backend, explicit_weights: Optional[str] = None) -> LoadedModel:
@@ -128,12 +133,17 @@ def load_model(name: str, backend: Backend, explicit_weights: Optional[str] = No
     return load_source(resolve_weights(configured_weights(explicit_weights, name), model=name), backend)
 
 
-def select_model(requested: Optional[str], default: WeightsSource, available: Sequence[str], backend: Backend) -> LoadedModel:
-    """The request's model (the default when empty), loading it on first use; an unavailable one is
-    refused with the list of those that are."""
-    name = requested or default.model
-    if name == default.model:
-        return load_source(default, backend)
+def requested_model(requested: Optional[str], default: str, available: Sequence[str]) -> ModelSpec:
+    """The spec of the request's model (the default when empty), or ``InputError`` naming the ones
+    available here. Loads nothing: a request is refused before anything is loaded or evicted."""
+    name = requested or default
     if name not in available:
         raise InputError("model", name, "available here: " + ", ".join(available))
+    return MODELS[name]
+
+
+def select_model(name: str, default: WeightsSource, backend: Backend) -> LoadedModel:
+    """Model ``name`` (checked by ``requested_model``), loading it on first use."""
+    if name == default.model:
+        return load_source(default, backend)
     return load_model(name, backend)

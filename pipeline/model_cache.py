@@ -27,11 +27,15 @@ class ModelCache:
         self._lock = threading.RLock()  # guards the tables above, never held during a load
         self._loading: dict[str, threading.Lock] = {}  # one per id: a load blocks only its own id
 
-    def get_or_load(self, model_id: str, load: Callable[[], T], size_bytes: int = 0) -> T:
+    def get_or_load(self, model_id: str, load: Callable[[], T], size_bytes: int | Callable[[], int] = 0,
+                    free: Optional[Callable[[], int]] = None) -> T:
         """Return the cached object for ``model_id``, calling ``load`` only the first time.
 
-        Concurrent callers for the same id wait for the one load; callers for other ids do not
-        (a background warm-up of an optional part never holds up the request path).
+        Check, sizing, making room (when ``free`` is given: least recently used entries are evicted
+        until ``size_bytes`` fit) and loading happen under the id's own lock, so concurrent callers
+        for the same id size, evict and load once between them; callers for other ids do not wait
+        (a background warm-up of an optional part never holds up the request path). ``size_bytes``
+        may be a function: it is called only when the object must load.
         """
         with self._lock:
             if model_id in self._models:
@@ -42,27 +46,35 @@ class ModelCache:
         with loading:
             with self._lock:
                 if model_id in self._models:  # loaded by whoever held the lock before us
+                    self._models.move_to_end(model_id)
                     return self._models[model_id]
+            size = size_bytes() if callable(size_bytes) else size_bytes
+            if free is not None:
+                self.make_room(size, free, keep=model_id)
             started = time.perf_counter()
             model = load()
             with self._lock:
                 self._models[model_id] = model
-                self._sizes[model_id] = size_bytes
+                self._sizes[model_id] = size
                 self._loading.pop(model_id, None)
             log.info("model %s loaded in %.2f s", model_id, time.perf_counter() - started)
             return model
 
     def __contains__(self, model_id: str) -> bool:
-        return model_id in self._models
+        with self._lock:
+            return model_id in self._models
 
     def ids(self) -> list[str]:
-        return list(self._models)
+        with self._lock:
+            return list(self._models)
 
     def entries(self) -> list[tuple[str, Any]]:
-        return list(self._models.items())
+        with self._lock:
+            return list(self._models.items())
 
     def resident_bytes(self) -> int:
-        return sum(self._sizes.values())
+        with self._lock:
+            return sum(self._sizes.values())
 
     def evict(self, model_id: str) -> list[str]:
         """Drop ``model_id`` and every entry built on it; return what was dropped."""
@@ -73,14 +85,14 @@ class ModelCache:
                 self._sizes.pop(key, None)
             return dropped
 
-    def make_room(self, needed: int, free: Callable[[], int], keep: str, sized_only: bool = True) -> None:
+    def make_room(self, needed: int, free: Callable[[], int], keep: str) -> None:
         """Evict least recently used models until ``needed`` bytes fit in ``free()``.
 
         Only entries loaded with a size (whole models) are candidates; ``keep`` never is.
         """
         with self._lock:
             while needed > free():
-                victims = [k for k in self._models if k != keep and (self._sizes.get(k) or not sized_only)]
+                victims = [k for k in self._models if k != keep and self._sizes.get(k)]
                 if not victims:
                     log.warning("model %s needs %.1f GB, %.1f GB free, nothing left to evict", keep, needed / 1e9, free() / 1e9)
                     return

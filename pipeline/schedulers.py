@@ -20,6 +20,14 @@ SCHEDULERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
 
 
+def fresh_scheduler(selectable: bool, name: str, base_config: Mapping[str, Any], current: Any) -> Any:
+    """A new scheduler for one pipeline call: the named one for a model whose sampler is chosen per
+    request, else another instance of the model's own (schedulers keep per-run state)."""
+    if selectable:
+        return make_scheduler(name, base_config)
+    return type(current).from_config(base_config)
+
+
 def make_scheduler(name: str, base_config: Mapping[str, Any]) -> Any:
     """Build the named scheduler from the model's own scheduler config (its betas and timesteps)."""
     import diffusers

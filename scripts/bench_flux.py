@@ -83,7 +83,7 @@ def switch(args: argparse.Namespace) -> dict:
 
     def one(name: str) -> float:
         started = time.perf_counter()
-        model = select_model(name, service.default_source, service.available, service.backend)
+        model = select_model(name, service.default_source, service.backend)
         request = parse_request({"prompt": PROMPT, "width": args.size, "height": args.size, "seed": 1, "model": name})
         generate(model, Batch([PROMPT], 1, 1), request, resolve(name, "balanced", num_inference_steps=1))
         sync()

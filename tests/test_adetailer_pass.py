@@ -118,3 +118,34 @@ def test_adetailer_flag_through_predict(predictor) -> None:
     assert np.array_equal(plain_pixels, off)
     on = predictor.predict(**predict_inputs(seed=4, output_format="png", adetailer=True, adetailer_hands=True))
     assert Image.open(on[0]).size == (64, 64)
+
+
+class CentreDetector:
+    """Finds one 'face' in the middle of any image, so the pass runs on generated noise."""
+
+    name = "centre"
+
+    def detect(self, image: Image.Image, confidence: float):
+        from adetailer.detection import Detections
+        from adetailer.mask import box_mask
+
+        width, height = image.size
+        box = (width // 4, height // 4, 3 * width // 4, 3 * height // 4)
+        return Detections(boxes=[box], masks=[box_mask(box, image.size)], scores=[0.99], backend=self.name)
+
+
+def test_the_inpaint_uses_the_requests_scheduler_whatever_came_before(predictor, monkeypatch) -> None:
+    """The same request gives the same pixels whether the previous request used another sampler."""
+    import adetailer.runner
+    from pipeline.model_cache import MODEL_CACHE
+
+    monkeypatch.setattr(adetailer.runner, "detector_for", lambda pass_name, folder=None: CentreDetector())
+    inpaint_key = "inpaint:" + predictor.service.default_source.model_id
+    request = predict_inputs(seed=5, scheduler="K_EULER", adetailer=True, ad_steps=4, output_format="png")
+
+    MODEL_CACHE.evict(inpaint_key)
+    predictor.predict(**predict_inputs(seed=5, scheduler="DDIM", adetailer=True, ad_steps=4))
+    after_ddim = np.asarray(Image.open(predictor.predict(**request)[0]))
+    MODEL_CACHE.evict(inpaint_key)
+    alone = np.asarray(Image.open(predictor.predict(**request)[0]))
+    assert np.array_equal(after_ddim, alone)

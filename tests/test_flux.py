@@ -82,11 +82,10 @@ def test_options_flux_cannot_honour_are_refused(multi, overrides: dict, field: s
 
 
 def test_an_unavailable_model_is_refused_with_the_available_ones(multi) -> None:
-    from pipeline.loading import select_model
+    from pipeline.loading import requested_model
 
-    service = multi.service
     with pytest.raises(InputError, match="model='flux-dev'.*available here: sdxl"):
-        select_model("flux-dev", service.default_source, ("sdxl",), service.backend)
+        requested_model("flux-dev", "sdxl", ("sdxl",))
 
 
 def test_least_recently_used_model_is_evicted_when_memory_is_short(multi, monkeypatch, caplog) -> None:
@@ -117,7 +116,7 @@ def test_adetailer_with_flux_uses_flux_inpaint_on_the_same_weights(multi, caplog
     from presets import resolve
 
     service = multi.service
-    model = select_model("flux-dev", service.default_source, service.available, service.backend)
+    model = select_model("flux-dev", service.default_source, service.backend)
     inpaint = inpaint_pipeline(model)
     assert type(inpaint).__name__ == "FluxInpaintPipeline" and inpaint.transformer is model.pipe.transformer
     photo = Image.fromarray(data.astronaut())
@@ -161,7 +160,7 @@ def test_components_shared_on_disk_are_loaded_once(multi, flux_weights, tmp_path
     from pipeline.model_cache import MODEL_CACHE
 
     service = multi.service
-    dev = select_model("flux-dev", service.default_source, service.available, service.backend)
+    dev = select_model("flux-dev", service.default_source, service.backend)
     schnell_dir = tmp_path / "flux-schnell-shared"
     schnell_dir.mkdir()
     for entry in flux_weights["flux-schnell"].iterdir():
@@ -177,3 +176,18 @@ def test_components_shared_on_disk_are_loaded_once(multi, flux_weights, tmp_path
     assert schnell.pipe.text_encoder_2 is dev.pipe.text_encoder_2 and schnell.pipe.vae is dev.pipe.vae
     assert schnell.pipe.transformer is not dev.pipe.transformer
     assert "flux-schnell: text_encoder_2 shared with resident flux-dev (same files)" in caplog.text
+
+
+@pytest.mark.parametrize("overrides", [{"negative_prompt": "blurry"}, {"adetailer": True, "ad_negative_prompt": "blurry"},
+                                       {"scheduler": "DDIM"}, {"width": 72, "height": 64}])
+def test_a_refused_request_loads_downloads_and_evicts_nothing(multi, overrides: dict) -> None:
+    """Every check that needs only the model's spec runs before any load: a Flux request with an
+    option Flux cannot take must not load Flux (or evict another model to make room for it)."""
+    from pipeline.model_cache import MODEL_CACHE
+
+    for key in [k for k in MODEL_CACHE.ids() if k.startswith("flux-dev:")]:
+        MODEL_CACHE.evict(key)
+    before = MODEL_CACHE.ids()
+    with pytest.raises(InputError):
+        multi.predict(**predict_inputs(model="flux-dev", **overrides))
+    assert MODEL_CACHE.ids() == before

@@ -106,3 +106,44 @@ def test_storyboard_with_one_identity(predictor, adapter_env, face, caplog) -> N
         ))
     assert [Path(p).name for p in outputs] == ["scene-01.png", "scene-02.png", "contact-sheet.png"]
     assert caplog.text.count("IP-Adapter plus-face: identity from face_image") == 1
+
+
+def test_a_preload_waits_for_a_request_denoising_on_the_same_pipeline(predictor, adapter_env, monkeypatch) -> None:
+    """``PRELOAD_OPTIONAL=ip_adapter`` loads the adapter on a thread after READY, which swaps the
+    denoiser's attention processors: it must not do that under a request that is denoising."""
+    import threading
+    import time
+
+    import pipeline.ip_adapter as ip_adapter
+    import pipeline.progress as progress
+    from pipeline.model_cache import MODEL_CACHE
+    from startup.optional_parts import start_preload
+
+    model_id = predictor.service.default_source.model_id
+    inputs = predict_inputs(seed=9, num_inference_steps=4, output_format="png")
+    MODEL_CACHE.evict(model_id)  # a fresh pipeline without the adapter (it goes with the model)
+    alone = pixels(predictor.predict(**inputs))
+    MODEL_CACHE.evict(model_id)
+
+    in_pipeline = threading.Event()
+    real_load = ip_adapter._load_into
+
+    def slow_load(*args: object, **kwargs: object) -> None:
+        real_load(*args, **kwargs)
+        in_pipeline.set()
+        time.sleep(1.0)  # the adapter's processors stay in the pipeline for a while
+
+    preloads: list = []
+    real_step = progress.StepProgress.__call__
+
+    def step(self, pipe, index, timestep, callback_kwargs):  # type: ignore[no-untyped-def]
+        if index == 0 and not preloads:
+            preloads.append(start_preload(predictor.service.model, ["ip_adapter"]))
+            in_pipeline.wait(2.0)  # unguarded, the preload is now inside the pipeline we denoise with
+        return real_step(self, pipe, index, timestep, callback_kwargs)
+
+    monkeypatch.setattr(ip_adapter, "_load_into", slow_load)
+    monkeypatch.setattr(progress.StepProgress, "__call__", step)
+    raced = pixels(predictor.predict(**inputs))
+    preloads[0].join(60)
+    assert np.array_equal(alone, raced)

@@ -73,3 +73,33 @@ def test_a_slow_load_blocks_only_its_own_id() -> None:
     first.join(5)
     second.join(5)
     assert calls == ["slow"] and cache.get_or_load("detector:x", slow) == "slow model"
+
+
+def test_concurrent_requests_for_one_model_size_it_and_make_room_once(predictor, monkeypatch) -> None:
+    """Check-then-load is atomic: two requests for a model that is not loaded yet size it (a walk of
+    its files), make room for it and load it once between them."""
+    import threading
+    import time
+
+    import pipeline.loading as loading
+    from pipeline.model_cache import MODEL_CACHE
+
+    source, backend = predictor.service.default_source, predictor.service.backend
+    MODEL_CACHE.evict(source.model_id)
+    sized = []
+    real_size = loading.weight_bytes
+
+    def slow_size(src):  # type: ignore[no-untyped-def]
+        sized.append(src.model_id)
+        time.sleep(0.3)
+        return real_size(src)
+
+    monkeypatch.setattr(loading, "weight_bytes", slow_size)
+    models: list = []
+    threads = [threading.Thread(target=lambda: models.append(loading.load_source(source, backend))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(models) == 2 and models[0] is models[1]
+    assert sized == [source.model_id]
