@@ -1,5 +1,5 @@
 """Cog entry point. Thin on purpose: inputs are declared from the validators' own tables
-(``pipeline.request.FIELDS``, ``adetailer.args.AD_FIELDS``) and each request flows
+(``request.generation.FIELDS``, ``request.adetailer.AD_FIELDS``) and each request flows
 predict.py -> presets -> pipeline -> adetailer -> outputs."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any, Optional
 
 from cog import BasePredictor, Input, Path
 
-from adetailer.args import AD_FIELDS, parse_adetailer_args
-from pipeline.fields import FieldSpec
-from pipeline.jobs import run_job
-from pipeline.loading import requested_model, select_model
-from pipeline.outputs import save_images
-from pipeline.request import FIELDS, check_model_options, parse_request
+from pipeline.loading.select import requested_model, select_model
 from presets import resolve
+from request.adetailer import AD_FIELDS, parse_adetailer_args
+from request.fields import FieldSpec
+from request.generation import FIELDS, check_model_options, parse_request
+from service.job import run_job
+from service.outputs import save_images
 from startup.chain import ReadyService, run_startup
 
 # predict()/BasePredictor keep this predictor working on every Cog version Replicate runs,

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from adetailer.args import ADetailerArgs
 from adetailer.detection import Detector
 from adetailer.inpaint import InpaintSettings, inpaint_region
 from adetailer.mask import dilate_erode, filter_by_ratio, filter_k_largest
 from pipeline.generate import generators_for
+from pipeline.loading.cache import MODEL_CACHE
+from pipeline.models import LoadedModel
 from pipeline.schedulers import fresh_scheduler
-from pipeline.model_cache import MODEL_CACHE
-from pipeline.loading import LoadedModel
 from presets import EffectiveSettings
+from request.adetailer import ADetailerArgs
 
 log = logging.getLogger(__name__)
 

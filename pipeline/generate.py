@@ -8,15 +8,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from pipeline.cuda_graphs import graphed
-from pipeline.decode import decode_bf16
-from pipeline.memory import cleanup_after_image
+from pipeline.loading.placement import cleanup_after_image
+from pipeline.models import LoadedModel
 from pipeline.progress import StepProgress
-from pipeline.request import GenerationRequest
 from pipeline.schedulers import make_scheduler
-from pipeline.loading import LoadedModel
-from pipeline.speed import attention_kernels
+from pipeline.speed.attention import attention_kernels
+from pipeline.speed.cuda_graphs import graphed
+from pipeline.speed.decode import decode_bf16
 from presets import EffectiveSettings
+from request.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,11 @@ def generate(
         request.scheduler if model.spec.schedulers else "flow-matching Euler", settings.describe(),
     )
     options: dict[str, Any] = {}
-    if request.negative_prompt:  # only models that take one get here (pipeline.request checks)
+    if request.negative_prompt:  # only models that take one get here (request.generation checks)
         options["negative_prompt"] = [request.negative_prompt] * len(batch.prompts)
     options.update(ip_adapter or {})  # precomputed reference-image embeddings, when identity is on
     speed = model.speed
-    # Our own bf16 decode replaces diffusers' fp32 one (SDXL only: pipeline.speed's data says so).
+    # Our own bf16 decode replaces diffusers' fp32 one (SDXL only: pipeline.speed.settings's data says so).
     own_decode = speed.vae_decode == "bfloat16"
     # The adapter's processors are swapped in per request; graphs are kept for the plain model only.
     runner = model.graphs if not ip_adapter else None

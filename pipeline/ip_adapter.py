@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.loading import LoadedModel
-from pipeline.model_cache import MODEL_CACHE
-from pipeline.reference_image import ReferenceImage
+from pipeline.loading.cache import MODEL_CACHE
+from pipeline.models import LoadedModel
+from request.reference_image import ReferenceImage
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,11 @@
-"""Sampler names callers may ask for, as a table from name to diffusers scheduler and options.
-
-The names follow Replicate's SDXL models so existing callers keep working.
-"""
+"""Build the diffusers scheduler a request names (``request.catalog.SCHEDULERS``) from the model's
+own scheduler config, fresh for every pipeline call."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-# name -> (diffusers scheduler class name, extra config)
-SCHEDULERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
-    "K_EULER": ("EulerDiscreteScheduler", {}),
-    "K_EULER_ANCESTRAL": ("EulerAncestralDiscreteScheduler", {}),
-    "DPMSolverMultistep": ("DPMSolverMultistepScheduler", {}),
-    "KarrasDPM": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),  # DPM++ 2M Karras
-    "DDIM": ("DDIMScheduler", {}),
-    "HeunDiscrete": ("HeunDiscreteScheduler", {}),
-    "PNDM": ("PNDMScheduler", {}),
-}
-SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+from request.catalog import SCHEDULERS
 
 
 def fresh_scheduler(selectable: bool, name: str, base_config: Mapping[str, Any], current: Any) -> Any:

@@ -7,23 +7,12 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.fields import InputError
-
-MAX_SCENES = 12
 SHEET_CELL = 320  # longest side of each thumbnail on the contact sheet, pixels
 
 # Activation memory of one SDXL image at 1024x1024 with guidance, fp16: the measured 12.3 GB peak
 # for one image (shared/ENVIRONMENT.md, H100) less the 6.5 GB of weights. Scales with pixel count.
 SDXL_ACTIVATION_BYTES_1MP = int((12.3 - 6.5) * 1e9)
 MEMORY_HEADROOM = 0.8
-
-
-def parse_scenes(text: str) -> list[str]:
-    """One scene per non-empty line, 1 to ``MAX_SCENES`` of them."""
-    scenes = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(scenes) > MAX_SCENES:
-        raise InputError("scenes", f"<{len(scenes)} scenes>", f"at most {MAX_SCENES} scenes, one per line")
-    return scenes
 
 
 def scene_prompts(scenes: Sequence[str], character: str, style: str) -> list[str]:

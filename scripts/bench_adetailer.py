@@ -51,11 +51,11 @@ def main() -> None:
     from PIL import Image
     from skimage import data
 
-    from adetailer.args import parse_adetailer_args
     from adetailer.runner import detector_for, run_adetailer
     from pipeline.generate import Batch, generate
-    from pipeline.request import parse_request
     from presets import resolve
+    from request.adetailer import parse_adetailer_args
+    from request.generation import parse_request
     from startup.chain import run_startup
 
     service = run_startup(args.weights)

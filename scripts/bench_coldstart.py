@@ -37,8 +37,8 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.loading.component_build import weight_files  # noqa: E402
 from startup.chain import STAGES  # noqa: E402
-from startup.prefetch import weight_files  # noqa: E402
 
 READY_TIMEOUT_S = 600.0
 

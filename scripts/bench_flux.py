@@ -37,8 +37,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from pipeline.generate import Batch, generate
-    from pipeline.request import parse_request
     from presets import PRESET_NAMES, resolve
+    from request.generation import parse_request
     from startup.chain import run_startup
 
     cuda = torch.cuda.is_available()
@@ -73,9 +73,9 @@ def switch(args: argparse.Namespace) -> dict:
     import torch
 
     from pipeline.generate import Batch, generate
-    from pipeline.loading import select_model
-    from pipeline.request import parse_request
+    from pipeline.loading.select import select_model
     from presets import resolve
+    from request.generation import parse_request
     from startup.chain import run_startup
 
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)

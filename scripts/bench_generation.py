@@ -85,7 +85,7 @@ def count_host_syncs(run: Callable[[], Any], cuda: bool) -> Optional[int]:
 
 def ablation(device: str, pipeline_class: str) -> list[str]:
     """One variant per speed switch that applies to the model, flipped from the device's default."""
-    from pipeline.speed import ENV_PREFIX, OFF, speed_settings, speed_table
+    from pipeline.speed.settings import ENV_PREFIX, OFF, speed_settings, speed_table
 
     table = speed_table()
     defaults = speed_settings(device, env={})
@@ -129,10 +129,10 @@ def service_rows(service: Any, variant: str, overrides: dict[str, str], args: ar
     import numpy as np
 
     from pipeline.generate import Batch, generate
-    from pipeline.loading import load_source
-    from pipeline.model_cache import MODEL_CACHE, release_memory
-    from pipeline.request import parse_request
+    from pipeline.loading.cache import MODEL_CACHE, release_memory
+    from pipeline.loading.select import load_source
     from presets import resolve
+    from request.generation import parse_request
 
     with environment(overrides):
         for model_id in MODEL_CACHE.ids():
@@ -204,9 +204,9 @@ def main() -> None:
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
 
+    import diffusers
     import numpy as np
     import torch
-    import diffusers
 
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -2,7 +2,7 @@
 
 1. Build: start the service with ``SPEED_COMPILE=regional`` and empty caches, generate once per case
    (each size compiles its shapes), and save PyTorch's cache artifacts where the service looks for
-   them (``pipeline.compile_cache.cache_path``: ``$COMPILE_CACHE_DIR``, per GPU model and torch version).
+   them (``pipeline.speed.compile_cache.cache_path``: ``$COMPILE_CACHE_DIR``, per GPU model and torch version).
 2. Check: a fresh process with an empty inductor cache restores the file at load and generates the
    same cases. It reports the first call's time cold and restored, inductor's cache hits and misses,
    and the largest pixel difference between the two runs' images.
@@ -43,8 +43,8 @@ def first_calls(model_name: str, weights: str, cases: list[tuple[int, int, int]]
     from torch._dynamo.utils import counters
 
     from pipeline.generate import Batch, generate
-    from pipeline.request import parse_request
     from presets import resolve
+    from request.generation import parse_request
     from startup.chain import run_startup
 
     os.environ["DEFAULT_MODEL"] = model_name
@@ -88,7 +88,7 @@ def main() -> None:
         args.check.write_text(json.dumps(rows))
         return
 
-    from pipeline.compile_cache import cache_path, save
+    from pipeline.speed.compile_cache import cache_path, save
 
     scratch = Path(tempfile.mkdtemp(prefix="compile-cache-"))
     target_dir = os.environ.get("COMPILE_CACHE_DIR")

@@ -35,8 +35,8 @@ def parse_importtime(stderr: str) -> list[tuple[str, int, int]]:
 
 
 def profile(model: str) -> dict:
+    from request.catalog import MODELS
     from startup.chain import PIPELINE_MODULES
-    from pipeline.models import MODELS
 
     module = PIPELINE_MODULES[MODELS[model].pipeline_class]
     code = f"import torch; import startup.chain; import {module}"

@@ -50,7 +50,7 @@ def main() -> None:
     sys.argv = sys.argv[:1]  # our flags are parsed; libraries must not see them
 
     from predict import ALL_FIELDS, Predictor
-    from pipeline.request import InputError
+    from request.errors import InputError
 
     predictor = Predictor()
     predictor.setup(args.weights)

@@ -24,7 +24,8 @@ def server_env(port: int, weights: str | None) -> dict[str, str]:
     """The server starts its worker with ``python`` from PATH, so this interpreter's folder goes first.
     ``weights`` are the default model's ($DEFAULT_MODEL, sdxl when unset)."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.models import MODELS, default_model_name
+    from pipeline.loading.weights import default_model_name
+    from request.catalog import MODELS
 
     env = dict(os.environ)
     env["COG_PREDICT_TYPE_STUB"] = "predict.py:Predictor"

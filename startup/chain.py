@@ -4,7 +4,7 @@ Order matters: server flags are stripped before any library can parse ``sys.argv
 guard is armed before anything heavy is imported (imports are where auto-installers fire); the
 weight files start streaming into the page cache before torch is imported; torch is imported by
 the backend stage (which also starts CUDA in the background); the weights stage checks the files
-and starts streaming them onto the device (``pipeline.weight_stream``) before the imports stage
+and starts streaming them onto the device (``pipeline.loading.stream``) before the imports stage
 imports diffusers, which the stream overlaps; the load stage builds the models from the streamed
 tensors. Each cost is visible as its own stage. Optional parts (ADetailer, IP-Adapter) are not
 loaded here at all: they load on the first request that asks for them.
@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.loading import LoadedModel, load_source, start_weight_stream
-from pipeline.models import MODELS, available_models, default_model_name
-from startup.backend import Backend, configure_backend, start_device_init
+from hardware.backend import Backend, configure_backend, start_device_init
+from pipeline.loading.select import load_source, start_weight_stream
+from pipeline.loading.weights import available_models, configured_weights, default_model_name, resolve_weights
+from pipeline.models import LoadedModel, WeightsSource
+from request.catalog import MODELS
 from startup.cmdargs import filter_sys_argv
 from startup.install_guard import install_guard, package_report
 from startup.logs import configure_logging
 from startup.optional_parts import requested_parts, start_preload
 from startup.prefetch import start_prefetch
 from startup.timers import StageTimer
-from startup.weights import WeightsSource, configured_weights, resolve_weights
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-PROJECT_LOGGERS = ("startup", "pipeline", "presets", "adetailer", "predict")
+PROJECT_LOGGERS = ("predict", "service", "startup", "pipeline", "adetailer", "request", "hardware", "presets", "settings")
 
 
 class _ProjectHandler(logging.StreamHandler):

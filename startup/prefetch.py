@@ -15,24 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from pipeline.loading.component_build import weight_files
+
 log = logging.getLogger(__name__)
 
 CHUNK = 16 * 1024 * 1024
-
-
-def weight_files(location: Path) -> list[Path]:
-    """The tensor files a load will read, largest first so the slowest reads start earliest.
-
-    For a diffusers folder: the ``.safetensors`` files of the components ``model_index.json`` lists
-    (shards from their index), without variant copies (``*.fp16.safetensors``) the loader does not
-    ask for, so a folder that carries several precisions is not read several times.
-    """
-    if location.is_file():
-        return [location]
-    from pipeline.component_build import model_components, stream_files  # the loader's own file list
-
-    files = stream_files(model_components(location))
-    return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
 
 
 @dataclass

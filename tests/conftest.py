@@ -60,8 +60,8 @@ def predictor(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def predict_inputs(**overrides: object) -> dict:
     """Every input at its declared default, as Cog passes them, with ``overrides`` applied."""
-    from adetailer.args import AD_FIELDS
-    from pipeline.request import FIELDS
+    from request.adetailer import AD_FIELDS
+    from request.generation import FIELDS
 
     inputs = {name: spec.default for name, spec in {**FIELDS, **AD_FIELDS}.items()}
     inputs.update(prompt="a red bicycle", width=64, height=64, seed=1, num_inference_steps=3)

@@ -4,13 +4,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adetailer.args import AD_FIELDS, parse_adetailer_args
 from adetailer.detection import Detections
 from adetailer.inpaint import crop_region, processing_size
 from adetailer.mask import (
-    area_ratio, blur, bounding_box, box_mask, dilate_erode, filter_by_ratio, filter_k_largest, merge, sort_by_area,
+    area_ratio,
+    blur,
+    bounding_box,
+    box_mask,
+    dilate_erode,
+    filter_by_ratio,
+    filter_k_largest,
+    merge,
+    sort_by_area,
 )
-from pipeline.fields import InputError
+from request.adetailer import AD_FIELDS, parse_adetailer_args
+from request.errors import InputError
 
 
 def args(**overrides: object):

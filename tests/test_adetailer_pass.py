@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adetailer.args import parse_adetailer_args
 from adetailer.mask import blur, dilate_erode
 from adetailer.runner import detector_for, inpaint_pipeline, run_adetailer
 from presets import resolve
+from request.adetailer import parse_adetailer_args
 from tests.conftest import predict_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def test_adetailer_off_imports_and_builds_nothing(tiny_weights: Path, tmp_path: 
         sys.path.insert(0, {str(ROOT)!r})
         from tests.conftest import predict_inputs
         from predict import Predictor
-        from pipeline.model_cache import MODEL_CACHE
+        from pipeline.loading.cache import MODEL_CACHE
         p = Predictor(); p.setup({str(tiny_weights)!r})
         for options in ({{}}, {{"adetailer_hands": True, "ad_confidence": 0.9}}, {{"adetailer": False, "ad_prompt": "face"}}):
             p.predict(**predict_inputs(**options))
@@ -137,7 +137,7 @@ class CentreDetector:
 def test_the_inpaint_uses_the_requests_scheduler_whatever_came_before(predictor, monkeypatch) -> None:
     """The same request gives the same pixels whether the previous request used another sampler."""
     import adetailer.runner
-    from pipeline.model_cache import MODEL_CACHE
+    from pipeline.loading.cache import MODEL_CACHE
 
     monkeypatch.setattr(adetailer.runner, "detector_for", lambda pass_name, folder=None: CentreDetector())
     inpaint_key = "inpaint:" + predictor.service.default_source.model_id

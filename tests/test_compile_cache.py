@@ -17,10 +17,10 @@ def test_compile_is_armed_at_load_and_nothing_compiles_there(tiny_weights: Path,
 
     from torch._dynamo.utils import counters
 
-    from pipeline.loading import with_speedups
-    from pipeline.sdxl_loader import load_sdxl
-    from startup.backend import Backend
-    from startup.weights import resolve_weights
+    from hardware.backend import Backend
+    from pipeline.loading.sdxl import load_sdxl
+    from pipeline.loading.select import with_speedups
+    from pipeline.loading.weights import resolve_weights
 
     cpu = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
     monkeypatch.setenv("SPEED_COMPILE", "regional")

@@ -12,11 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.component_build import (
-    build_components, fast_load_enabled, model_components, stream_files, streamed_components,
-)
-from pipeline.weight_stream import StreamError, WeightStream, plan_chunks, read_header
-from startup.backend import Backend
+from hardware.backend import Backend
+from pipeline.loading.component_build import build_components, fast_load_enabled, model_components, stream_files, streamed_components
+from pipeline.loading.stream import StreamError, WeightStream, plan_chunks, read_header
 
 CPU = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
 
@@ -164,10 +162,10 @@ def test_a_component_that_does_not_fit_its_class_falls_back(tiny_weights: Path, 
 
 def test_streamed_model_makes_the_same_image(tiny_weights: Path, monkeypatch) -> None:
     from pipeline.generate import Batch, generate
-    from pipeline.request import parse_request
-    from pipeline.sdxl_loader import load_sdxl
+    from pipeline.loading.sdxl import load_sdxl
+    from pipeline.loading.weights import resolve_weights
     from presets import resolve
-    from startup.weights import resolve_weights
+    from request.generation import parse_request
 
     source = resolve_weights(str(tiny_weights), model="sdxl")
     request = parse_request({"prompt": "a red bicycle", "width": 64, "height": 64, "seed": 3})

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from startup.backend import Backend, start_device_init
-from startup.prefetch import start_prefetch, weight_files
+from hardware.backend import Backend, start_device_init
+from pipeline.loading.component_build import weight_files
+from startup.prefetch import start_prefetch
 
 
 def test_prefetch_reads_exactly_the_files_the_loader_reads(tiny_weights: Path, tmp_path: Path, caplog) -> None:
@@ -53,8 +54,8 @@ def test_cuda_loads_place_weights_with_device_map_and_skip_the_copy(tiny_weights
     """The GPU-only branch of the loader, checked on the CPU: what it asks diffusers for."""
     import diffusers
 
-    from pipeline.sdxl_loader import load_sdxl
-    from startup.weights import resolve_weights
+    from pipeline.loading.sdxl import load_sdxl
+    from pipeline.loading.weights import resolve_weights
 
     seen = {}
 
@@ -84,7 +85,7 @@ def test_cuda_loads_place_weights_with_device_map_and_skip_the_copy(tiny_weights
 
 def test_optional_parts_preload_in_the_background_only_when_asked(tiny_weights: Path, ip_adapter_weights: Path,
                                                                    tmp_path: Path, monkeypatch, capfd) -> None:
-    from pipeline.model_cache import MODEL_CACHE
+    from pipeline.loading.cache import MODEL_CACHE
     from startup.chain import run_startup
     from startup.optional_parts import requested_parts
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.fields import InputError
+from request.errors import InputError
 from tests.conftest import predict_inputs
 
 
@@ -82,14 +82,14 @@ def test_options_flux_cannot_honour_are_refused(multi, overrides: dict, field: s
 
 
 def test_an_unavailable_model_is_refused_with_the_available_ones(multi) -> None:
-    from pipeline.loading import requested_model
+    from pipeline.loading.select import requested_model
 
     with pytest.raises(InputError, match="model='flux-dev'.*available here: sdxl"):
         requested_model("flux-dev", "sdxl", ("sdxl",))
 
 
 def test_least_recently_used_model_is_evicted_when_memory_is_short(multi, monkeypatch, caplog) -> None:
-    from pipeline.model_cache import MODEL_CACHE
+    from pipeline.loading.cache import MODEL_CACHE
 
     for key in [k for k in MODEL_CACHE.ids() if k.startswith("flux-dev:")]:
         MODEL_CACHE.evict(key)
@@ -109,11 +109,11 @@ def test_least_recently_used_model_is_evicted_when_memory_is_short(multi, monkey
 def test_adetailer_with_flux_uses_flux_inpaint_on_the_same_weights(multi, caplog) -> None:
     from skimage import data
 
-    from adetailer.args import parse_adetailer_args
     from adetailer.mask import blur, dilate_erode
     from adetailer.runner import detector_for, inpaint_pipeline, run_adetailer
-    from pipeline.loading import select_model
+    from pipeline.loading.select import select_model
     from presets import resolve
+    from request.adetailer import parse_adetailer_args
 
     service = multi.service
     model = select_model("flux-dev", service.default_source, service.backend)
@@ -156,8 +156,8 @@ def test_flux_identity_with_the_xlabs_adapter(multi, tmp_path, monkeypatch, capl
 
 def test_components_shared_on_disk_are_loaded_once(multi, flux_weights, tmp_path, caplog) -> None:
     """A schnell folder whose T5, CLIP and VAE are the dev folder's files (symlinks) reuses dev's modules."""
-    from pipeline.loading import load_model, select_model
-    from pipeline.model_cache import MODEL_CACHE
+    from pipeline.loading.cache import MODEL_CACHE
+    from pipeline.loading.select import load_model, select_model
 
     service = multi.service
     dev = select_model("flux-dev", service.default_source, service.backend)
@@ -183,7 +183,7 @@ def test_components_shared_on_disk_are_loaded_once(multi, flux_weights, tmp_path
 def test_a_refused_request_loads_downloads_and_evicts_nothing(multi, overrides: dict) -> None:
     """Every check that needs only the model's spec runs before any load: a Flux request with an
     option Flux cannot take must not load Flux (or evict another model to make room for it)."""
-    from pipeline.model_cache import MODEL_CACHE
+    from pipeline.loading.cache import MODEL_CACHE
 
     for key in [k for k in MODEL_CACHE.ids() if k.startswith("flux-dev:")]:
         MODEL_CACHE.evict(key)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.request import InputError
-from pipeline.schedulers import SCHEDULER_NAMES
+from request.catalog import SCHEDULER_NAMES
+from request.errors import InputError
 from tests.conftest import predict_inputs
 
 

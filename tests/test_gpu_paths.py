@@ -18,14 +18,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def cuda_backend():
-    from startup.backend import configure_backend
+    from hardware.backend import configure_backend
 
     return configure_backend({})
 
 
 def test_weight_stream_puts_the_files_bytes_on_the_gpu(tiny_weights: Path) -> None:
-    from pipeline.component_build import model_components, stream_files
-    from pipeline.weight_stream import WeightStream
+    from pipeline.loading.component_build import model_components, stream_files
+    from pipeline.loading.stream import WeightStream
 
     files = stream_files(model_components(tiny_weights))
     stream = WeightStream(files, "cuda", chunk_bytes=4096).start()  # many chunks, several workers
@@ -44,10 +44,10 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
     """Every CUDA default (weight stream, fused QKV, CUDA graphs, bf16 decode) against
     everything off, on the same seeds: graphs captured once per size and verified."""
     from pipeline.generate import Batch, generate
-    from pipeline.loading import with_speedups
-    from pipeline.request import parse_request
+    from pipeline.loading.select import with_speedups
+    from pipeline.loading.weights import resolve_weights
     from presets import resolve
-    from startup.weights import resolve_weights
+    from request.generation import parse_request
 
     backend = cuda_backend()
     source = resolve_weights(str(flux_weights.get(model_name, tiny_weights)), model=model_name)
@@ -59,10 +59,10 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         if model_name == "sdxl":
-            from pipeline.sdxl_loader import load_sdxl
+            from pipeline.loading.sdxl import load_sdxl
 
             return with_speedups(load_sdxl(source, backend), backend)
-        from pipeline.flux_loader import load_flux
+        from pipeline.loading.flux import load_flux
 
         return with_speedups(load_flux(source, backend), backend)
 
@@ -91,7 +91,7 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
 
 def test_fp8_matmuls_on_the_gpu_stay_close_to_bf16() -> None:
     """``torch._scaled_mm`` with row-wise scales on this GPU (needs compute capability 8.9+)."""
-    from pipeline.fp8_linear import Fp8Linear, fp8_matmul_supported
+    from pipeline.speed.fp8_linear import Fp8Linear, fp8_matmul_supported
 
     if not fp8_matmul_supported("cuda"):
         pytest.skip("fp8 matmuls need compute capability 8.9+")

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import http_json
-
 from startup.chain import STAGES as CHAIN_STAGES
+from tests.conftest import http_json
 
 STAGES = CHAIN_STAGES + ("total",)
 

@@ -74,7 +74,7 @@ def test_an_install_attempted_during_setup_is_blocked(tiny_weights: Path, tmp_pa
     child = run_child(
         f"""
         import subprocess, sys
-        import pipeline.sdxl_loader as loader
+        import pipeline.loading.sdxl as loader
         real = loader.load_sdxl
         def load_with_installer(*args, **kwargs):
             try:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.fields import InputError
+from request.errors import InputError
 from tests.conftest import predict_inputs
 
 
@@ -116,7 +116,7 @@ def test_a_preload_waits_for_a_request_denoising_on_the_same_pipeline(predictor,
 
     import pipeline.ip_adapter as ip_adapter
     import pipeline.progress as progress
-    from pipeline.model_cache import MODEL_CACHE
+    from pipeline.loading.cache import MODEL_CACHE
     from startup.optional_parts import start_preload
 
     model_id = predictor.service.default_source.model_id

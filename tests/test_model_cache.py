@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from pipeline.model_cache import ModelCache
+from pipeline.loading.cache import ModelCache
 
 
 def test_a_loaded_model_is_never_loaded_twice(caplog: pytest.LogCaptureFixture) -> None:
@@ -81,8 +81,8 @@ def test_concurrent_requests_for_one_model_size_it_and_make_room_once(predictor,
     import threading
     import time
 
-    import pipeline.loading as loading
-    from pipeline.model_cache import MODEL_CACHE
+    import pipeline.loading.select as loading
+    from pipeline.loading.cache import MODEL_CACHE
 
     source, backend = predictor.service.default_source, predictor.service.backend
     MODEL_CACHE.evict(source.model_id)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from startup.profiles import choose_profile
+from hardware.profiles import choose_profile
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_mps_and_cpu_profiles() -> None:
 
 
 def test_bitsandbytes_quantization_config_per_component() -> None:
-    from pipeline.memory import flux_quantization_config
+    from pipeline.loading.placement import flux_quantization_config
 
     assert flux_quantization_config(choose_profile("cuda", 80.0, True, True, env={})) is None
     config = flux_quantization_config(choose_profile("cuda", 15.5, True, True, env={"HW_T5_QUANTIZATION": "int8"}))
@@ -72,7 +72,7 @@ def test_fp8_storage_runs_flux_and_stays_close(flux_weights: dict) -> None:
     import torch
     from diffusers import FluxPipeline
 
-    from pipeline.memory import apply_fp8_storage
+    from pipeline.loading.placement import apply_fp8_storage
 
     pipe = FluxPipeline.from_pretrained(str(flux_weights["flux-dev"]), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -89,7 +89,7 @@ def test_memory_switches_are_applied(tiny_weights: Path, monkeypatch) -> None:
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from pipeline.memory import place_pipeline
+    from pipeline.loading.placement import place_pipeline
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(tiny_weights), dtype=torch.float32)
     offloaded = []

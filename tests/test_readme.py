@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from adetailer.args import AD_FIELDS
-from pipeline.request import FIELDS
+from request.adetailer import AD_FIELDS
+from request.generation import FIELDS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

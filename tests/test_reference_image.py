@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.fields import InputError
-from pipeline.reference_image import load_reference_image
+from request.errors import InputError
+from request.reference_image import load_reference_image
 
 
 def save(image: Image.Image, path: Path, **options: object) -> Path:

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from pipeline.request import ASPECT_RATIOS, FIELDS, InputError, parse_request
+from request.errors import InputError
+from request.generation import ASPECT_RATIOS, FIELDS, parse_request
 
 
 def raw(**overrides: object) -> dict:
@@ -117,8 +118,7 @@ def test_aspect_ratios_are_sdxl_buckets(ratio: str) -> None:
 def test_cog_inputs_are_declared_from_the_same_table() -> None:
     """predict.py's Input(ge, le, choices, default) must be the bounds the validator enforces."""
     from predict import Predictor
-
-    from adetailer.args import AD_FIELDS
+    from request.adetailer import AD_FIELDS
 
     parameters = inspect.signature(Predictor.predict).parameters
     tables = {**FIELDS, **AD_FIELDS}
@@ -135,7 +135,7 @@ def test_cogs_own_inspector_accepts_the_predictor() -> None:
     """What `cog build` runs to write the schema: every input's type, default and bounds must pass it."""
     from cog._inspector import create_predictor
 
-    from adetailer.args import AD_FIELDS
+    from request.adetailer import AD_FIELDS
 
     info = create_predictor("predict", "Predictor")
     assert set(info.inputs) == set(FIELDS) | set(AD_FIELDS)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.sdxl_loader import load_sdxl
+from hardware.backend import Backend
+from pipeline.loading.sdxl import load_sdxl
+from pipeline.loading.weights import resolve_weights
 from scripts.ldm_checkpoint import CLIP_L_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, diffusers_to_ldm_sdxl
-from startup.backend import Backend
-from startup.weights import resolve_weights
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 CPU = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
@@ -51,7 +51,7 @@ def test_shipped_sdxl_config_has_everything_a_single_file_load_needs() -> None:
     """from_single_file(config=...) takes configs, tokenizers and scheduler from this folder only."""
     from transformers import CLIPTokenizer
 
-    from pipeline.sdxl_loader import SHIPPED_CONFIG
+    from pipeline.loading.sdxl import SHIPPED_CONFIG
 
     for name in ("unet/config.json", "vae/config.json", "text_encoder/config.json",
                  "text_encoder_2/config.json", "scheduler/scheduler_config.json", "model_index.json"):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cuda_graphs import GraphedDenoiser, eager_capture, graph_runner, graphed
-from pipeline.speed import SpeedSettings, speed_settings
-from startup.backend import Backend
+from hardware.backend import Backend
+from pipeline.speed.cuda_graphs import GraphedDenoiser, eager_capture, graph_runner, graphed
+from pipeline.speed.settings import SpeedSettings, speed_settings
 
 CPU = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
 
@@ -105,7 +105,7 @@ def test_capture_errors_fall_back_to_eager(caplog) -> None:
 
 
 def test_graph_count_is_bounded() -> None:
-    from pipeline import cuda_graphs
+    from pipeline.speed import cuda_graphs
 
     runner = GraphedDenoiser(affine, "test", capture=eager_capture)
     for size in range(1, cuda_graphs.MAX_GRAPHS + 3):
@@ -128,10 +128,10 @@ def test_graphed_block_routes_the_denoiser_and_restores_it() -> None:
 
 
 def load(tiny_weights: Path, monkeypatch, model: str = "sdxl", weights: Path | None = None, **env: str):
-    from pipeline.loading import with_speedups
-    from startup.weights import resolve_weights
-
     import os
+
+    from pipeline.loading.select import with_speedups
+    from pipeline.loading.weights import resolve_weights
 
     for name in [n for n in os.environ if n.startswith("SPEED_") or n == "FAST_LOAD"]:
         monkeypatch.delenv(name)  # each test says which switches it wants
@@ -139,18 +139,18 @@ def load(tiny_weights: Path, monkeypatch, model: str = "sdxl", weights: Path | N
         monkeypatch.setenv(name, value)
     source = resolve_weights(str(weights or tiny_weights), model=model)
     if model == "sdxl":
-        from pipeline.sdxl_loader import load_sdxl
+        from pipeline.loading.sdxl import load_sdxl
 
         return with_speedups(load_sdxl(source, CPU), CPU)
-    from pipeline.flux_loader import load_flux
+    from pipeline.loading.flux import load_flux
 
     return with_speedups(load_flux(source, CPU), CPU)
 
 
 def image(model, seed: int = 5, size: int = 64) -> np.ndarray:
     from pipeline.generate import Batch, generate
-    from pipeline.request import parse_request
     from presets import resolve
+    from request.generation import parse_request
 
     request = parse_request({"prompt": "a red bicycle", "width": size, "height": size, "seed": seed, "model": model.source.model})
     settings = resolve(model.source.model, "fast", num_inference_steps=3)
@@ -225,7 +225,7 @@ def test_first_block_cache_is_flux_only_opt_in_and_turns_graphs_off(tiny_weights
     assert cached.step_cache == "first_block" and not cached.cuda_graphs
     assert speed_settings("cuda", env={"SPEED_STEP_CACHE": "first_block"}, pipeline_class="StableDiffusionXLPipeline").step_cache == "off"
 
-    from pipeline import speed
+    from pipeline.speed import settings as speed
 
     base = image(load(tiny_weights, monkeypatch, "flux-dev", flux_weights["flux-dev"]), size=64)
     table = speed.speed_table()
@@ -240,7 +240,7 @@ def test_first_block_cache_is_flux_only_opt_in_and_turns_graphs_off(tiny_weights
 
 
 def test_fp8_linear_is_close_to_bf16_and_row_views_share_memory() -> None:
-    from pipeline.fp8_linear import Fp8Linear
+    from pipeline.speed.fp8_linear import Fp8Linear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
@@ -259,7 +259,7 @@ def test_fp8_linear_is_close_to_bf16_and_row_views_share_memory() -> None:
 
 
 def test_fp8_matmul_converts_flux_blocks_only_and_keeps_the_image_close(tiny_weights: Path, flux_weights: dict, monkeypatch) -> None:
-    from pipeline.fp8_linear import Fp8Linear
+    from pipeline.speed.fp8_linear import Fp8Linear
 
     assert speed_settings("cuda", env={"SPEED_FP8_MATMUL": "1"}, pipeline_class="StableDiffusionXLPipeline").fp8_matmul is False
     weights = flux_weights["flux-dev"]

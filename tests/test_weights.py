@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from startup.weights import WeightsError, check_safetensors, resolve_weights
+from pipeline.loading.weights import WeightsError, check_safetensors, resolve_weights
 
 
 def test_diffusers_folder_resolves(tiny_weights: Path) -> None:
@@ -133,7 +133,7 @@ def test_url_with_wrong_checksum_is_refused(weights_tar: bytes, tmp_path: Path) 
 
 
 def test_unreachable_url_names_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("startup.fetch.ATTEMPTS", 1)
+    monkeypatch.setattr("pipeline.loading.fetch.ATTEMPTS", 1)
     with socket_closed_port() as port:
         with pytest.raises(WeightsError, match=f"127.0.0.1:{port}/w.safetensors"):
             resolve_weights(f"http://127.0.0.1:{port}/w.safetensors", cache_dir=tmp_path)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from pipeline.fields import FieldSpec, InputError, validate_fields
+from request.errors import InputError
+from request.fields import FieldSpec, validate_fields
 
 AD_FIELDS: Mapping[str, FieldSpec] = {
     "adetailer": FieldSpec(bool, default=False, description="Fix faces/hands after generation (ADetailer). Off unless true."),

@@ -11,16 +11,16 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from pipeline.component_build import streamed_components
-from pipeline.loading import LoadedModel
-from pipeline.memory import place_pipeline
-from pipeline.weight_stream import WeightStream
-from startup.backend import Backend
-from startup.weights import WeightsError, WeightsSource
+from hardware.backend import Backend
+from pipeline.loading.component_build import streamed_components
+from pipeline.loading.placement import place_pipeline
+from pipeline.loading.stream import WeightStream
+from pipeline.loading.weights import WeightsError
+from pipeline.models import LoadedModel, WeightsSource
 
 log = logging.getLogger(__name__)
 
-SHIPPED_CONFIG = Path(__file__).resolve().parent / "configs" / "sdxl"
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sdxl"
 
 
 def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optional[Path] = None,
@@ -28,7 +28,7 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
     """Build the SDXL pipeline from ``source`` in the backend's precision and move it to its device.
 
     A diffusers folder placed whole on one device has its models built from a weight stream
-    (``stream``, started early by the start-up chain, or here): see ``pipeline.component_build``.
+    (``stream``, started early by the start-up chain, or here): see ``pipeline.loading.component_build``.
     """
     from diffusers import StableDiffusionXLPipeline
 

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Optional
 
-from startup.profiles import Profile, choose_profile, detect_profile
+from hardware.profiles import Profile, choose_profile, detect_profile
 
 log = logging.getLogger(__name__)
 

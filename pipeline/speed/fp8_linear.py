@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.speed import FUSED_PARTS
+from pipeline.speed.fused_qkv import FUSED_PARTS
 
 log = logging.getLogger(__name__)
 

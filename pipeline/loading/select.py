@@ -4,41 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from pipeline.fields import InputError
-from pipeline.model_cache import MODEL_CACHE
-from pipeline.models import MODELS, ModelSpec
-from pipeline.speed import SpeedSettings, apply_at_load, speed_settings
-from startup.backend import Backend
-from startup.profiles import Profile
-from startup.prefetch import weight_files
-from startup.weights import WeightsSource, configured_weights, resolve_weights
+from hardware.backend import Backend
+from pipeline.loading.cache import MODEL_CACHE
+from pipeline.loading.component_build import weight_files
+from pipeline.loading.weights import configured_weights, resolve_weights
+from pipeline.models import LoadedModel, WeightsSource
+from pipeline.speed.apply import apply_speedups
+from pipeline.speed.settings import speed_for_model
+from request.catalog import MODELS, ModelSpec
+from request.errors import InputError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoadedModel:
-    """A pipeline ready to generate, plus what a request needs to reset it between calls."""
-
-    family: str  # the preset family, which is the model's name
-    pipe: Any
-    base_scheduler_config: Mapping[str, Any]
-    source: WeightsSource
-    profile: Optional[Profile] = None  # the hardware profile it was loaded under
-    speed: SpeedSettings = SpeedSettings()  # generation speed switches in force (pipeline.speed)
-    graphs: Optional[Any] = None  # the denoiser's CUDA graphs (pipeline.cuda_graphs), when in use
-    # Held by whatever runs or changes the pipeline (a request, an adapter or inpaint pipeline being
-    # built on it, a background preload), so none of them sees another's half-swapped modules.
-    # Taken before the cache's own per-entry locks, never after, so the order is always the same.
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
-
-    @property
-    def spec(self) -> ModelSpec:
-        return MODELS[self.source.model]
 
 
 BUDGET_ENV = "MODEL_MEMORY_BUDGET_GB"
@@ -62,31 +40,10 @@ def weight_bytes(source: WeightsSource) -> int:
 
 
 def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
-    """Apply the device's speed settings to a freshly loaded model. CUDA graphs only where the
-    weights stay put as plain tensors: offloading moves them, fp8 storage re-casts them on every
-    call and bitsandbytes' layers branch on the host, none of which a graph can replay."""
-    settings = speed_settings(backend.device, pipeline_class=model.spec.pipeline_class)
-    profile = model.profile or backend.settings
-    plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
-    if settings.cuda_graphs and not (plain and backend.device == "cuda"):
-        settings = replace(settings, cuda_graphs=False)
-    if settings.fp8_matmul:
-        from pipeline.fp8_linear import fp8_matmul_supported
-
-        if not (plain and fp8_matmul_supported(backend.device)):
-            log.info("fp8 matmuls need a plain bf16 model on a GPU of compute capability 8.9+: off")
-            settings = replace(settings, fp8_matmul=False)
-    cache = None
-    if settings.compile != "off":
-        from pipeline.compile_cache import cache_path
-
-        cache = cache_path(model.source.model, backend.device)
-    apply_at_load(model.pipe, settings, compile_cache=cache)
+    """Apply the speed settings this model is eligible for (``speed_for_model``) right after its load."""
+    settings = speed_for_model(backend.device, model.spec.pipeline_class, model.profile or backend.settings)
+    model.graphs = apply_speedups(model.pipe, settings, model.source.model, backend.device)
     model.speed = settings
-    if settings.cuda_graphs:
-        from pipeline.cuda_graphs import graph_runner
-
-        model.graphs = graph_runner(model.pipe)
     log.info("%s speed settings: %s", model.source.model, settings.describe())
     return model
 
@@ -94,8 +51,8 @@ def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
 def start_weight_stream(source: WeightsSource, backend: Backend, ready: Optional[Any] = None) -> Optional[Any]:
     """Start streaming ``source``'s model files onto the device now (the start-up chain does this
     before the imports, which the stream then overlaps); None where the loader will not use one."""
-    from pipeline.component_build import start_stream
-    from pipeline.memory import quantized_at_load
+    from pipeline.loading.component_build import start_stream
+    from pipeline.loading.placement import quantized_at_load
 
     if source.layout != "diffusers" or backend.settings.offload != "none":
         return None
@@ -113,11 +70,11 @@ def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] =
 
     def build() -> LoadedModel:
         if MODELS[source.model].pipeline_class == "FluxPipeline":
-            from pipeline.flux_loader import load_flux
+            from pipeline.loading.flux import load_flux
 
             model = load_flux(source, backend, stream=stream)
         else:
-            from pipeline.sdxl_loader import load_sdxl
+            from pipeline.loading.sdxl import load_sdxl
 
             model = load_sdxl(source, backend, stream=stream)
         return with_speedups(model, backend)

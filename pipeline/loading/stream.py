@@ -10,7 +10,7 @@ transfer. Destination tensors are allocated once, in the file's dtype; the model
 (the libraries' own dtype rules, e.g. T5's fp32 ``wo`` layers, then still apply).
 
 On the CPU the same plan runs without the staging buffer: each worker reads straight into the
-destination tensors' memory. It is off there by default (see ``pipeline.component_build``): on the
+destination tensors' memory. It is off there by default (see ``pipeline.loading.component_build``): on the
 CPU, safetensors' mmap needs no copy at all and is faster. Tests run both paths on the CPU.
 """
 

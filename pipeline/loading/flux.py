@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from pipeline.component_build import streamed_components
-from pipeline.loading import LoadedModel
-from pipeline.memory import apply_fp8_storage, flux_quantization_config, place_pipeline, quantized_at_load
-from pipeline.shared_components import shared_components
-from pipeline.weight_stream import WeightStream
-from startup.backend import Backend
-from startup.weights import WeightsError, WeightsSource
+from hardware.backend import Backend
+from pipeline.loading.component_build import streamed_components
+from pipeline.loading.placement import apply_fp8_storage, flux_quantization_config, place_pipeline, quantized_at_load
+from pipeline.loading.shared import shared_components
+from pipeline.loading.stream import WeightStream
+from pipeline.loading.weights import WeightsError
+from pipeline.models import LoadedModel, WeightsSource
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def load_flux(source: WeightsSource, backend: Backend, stream: Optional[WeightSt
     """Load under the backend's hardware profile: bitsandbytes int8/nf4 while loading, fp8 weight
     storage after it, then the profile's slicing/offload switches. Components that are neither
     quantized at load nor shared with a resident model are built from a weight stream (``stream``,
-    started early by the start-up chain, or here): see ``pipeline.component_build``."""
+    started early by the start-up chain, or here): see ``pipeline.loading.component_build``."""
     import torch
     from diffusers import FluxPipeline
 

@@ -10,17 +10,48 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pipeline.models import MODELS, weights_setting
-from startup.fetch import FetchError, download
+from pipeline.loading.fetch import FetchError, download
+from pipeline.models import WeightsSource
+from request.catalog import MODELS
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "WEIGHTS_CACHE"
 DEFAULT_CACHE = "weights/cache"
+
+
+DEFAULT_MODEL_ENV = "DEFAULT_MODEL"
+
+
+def default_model_name() -> str:
+    """The operator's ``$DEFAULT_MODEL`` (loaded at start-up), ``sdxl`` when unset."""
+    name = os.environ.get(DEFAULT_MODEL_ENV) or "sdxl"
+    if name not in MODELS:
+        raise ValueError(f"${DEFAULT_MODEL_ENV}={name!r}: allowed {', '.join(MODELS)}")
+    return name
+
+
+def weights_setting(name: str, explicit: Optional[str] = None) -> str:
+    """The weights path or URL for model ``name``: an explicit value, else its env var, else its default."""
+    spec = MODELS[name]
+    return str(explicit or os.environ.get(spec.weights_env) or spec.default_weights)
+
+
+def available_models(explicit_default: Optional[str] = None, default_model: Optional[str] = None) -> list[str]:
+    """Models whose weights are configured and present (a URL counts as present: it is fetched on load).
+
+    ``explicit_default`` is Cog's ``COG_WEIGHTS`` and belongs to the default model.
+    """
+    default = default_model or default_model_name()
+    found = []
+    for name in MODELS:
+        setting = weights_setting(name, explicit_default if name == default else None)
+        if setting.startswith(("http://", "https://")) or Path(setting).expanduser().exists():
+            found.append(name)
+    return found
 
 
 def expected(model: str) -> str:
@@ -37,20 +68,6 @@ class WeightsError(RuntimeError):
     """The configured weights are missing, malformed or corrupt."""
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """A local, checked weights location and its layout."""
-
-    path: Path
-    layout: str  # "diffusers" or "single_file"
-    origin: str  # what the operator configured
-    model: str = "sdxl"  # a name in pipeline.models.MODELS
-
-    @property
-    def model_id(self) -> str:
-        return f"{self.model}:{self.path.resolve()}"
-
-
 def configured_weights(explicit: Optional[str] = None, model: str = "sdxl") -> str:
     """The weights setting in force: setup's argument, else the model's env var (``$SDXL_WEIGHTS``...),
     else its default folder."""
@@ -59,7 +76,7 @@ def configured_weights(explicit: Optional[str] = None, model: str = "sdxl") -> s
 
 def check_safetensors(path: Path) -> None:
     """Read the header and check the file is as long as the header says; no tensor data is read."""
-    from pipeline.weight_stream import safetensors_header
+    from pipeline.loading.stream import safetensors_header
 
     try:
         size = path.stat().st_size

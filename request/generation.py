@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pipeline.fields import FieldSpec, InputError, validate_fields
-from pipeline.models import MODEL_NAMES, ModelSpec
-from pipeline.schedulers import SCHEDULER_NAMES
-from pipeline.storyboard import MAX_SCENES, parse_scenes
 from presets import PRESET_NAMES
+from request.catalog import MODEL_NAMES, SCHEDULER_NAMES, ModelSpec
+from request.errors import InputError
+from request.fields import FieldSpec, validate_fields
+from request.scenes import MAX_SCENES, parse_scenes
 
 __all__ = ["ASPECT_RATIOS", "FIELDS", "GenerationRequest", "InputError", "check_model_options", "parse_request"]
 

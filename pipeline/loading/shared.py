@@ -12,9 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.loading import LoadedModel
-from pipeline.model_cache import MODEL_CACHE
-from startup.weights import WeightsSource
+from pipeline.loading.cache import MODEL_CACHE
+from pipeline.models import LoadedModel, WeightsSource
 
 log = logging.getLogger(__name__)
 

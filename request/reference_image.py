@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.fields import InputError
+from request.errors import InputError
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # e.g. 8000 x 5000; far beyond what a face reference needs

@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from adetailer.args import ADetailerArgs
 from pipeline.generate import Batch, generate, pick_seed
-from pipeline.request import GenerationRequest
-from pipeline.loading import LoadedModel
+from pipeline.models import LoadedModel
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from presets import EffectiveSettings
+from request.adetailer import ADetailerArgs
+from request.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_job(
     adapter_kwargs = lambda size: {}  # noqa: E731
     if request.face_image is not None and settings.ip_adapter_scale > 0:
         from pipeline.ip_adapter import load_adapter
-        from pipeline.reference_image import load_reference_image
+        from request.reference_image import load_reference_image
 
         reference = load_reference_image(request.face_image)
         adapter = load_adapter(model)

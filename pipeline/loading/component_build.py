@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from pipeline.weight_stream import StreamError, WeightStream
+from pipeline.loading.stream import StreamError, WeightStream
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,19 @@ def model_components(location: Path, skip: Iterable[str] = ()) -> list[Component
             continue
         found.append(ComponentFiles(name, value[0], value[1], folder, files))
     return sorted(found, key=lambda c: sum(f.stat().st_size for f in c.files))
+
+
+def weight_files(location: Path) -> list[Path]:
+    """The tensor files a load will read, largest first so the slowest reads start earliest.
+
+    For a diffusers folder: the ``.safetensors`` files of the components ``model_index.json`` lists
+    (shards from their index), without variant copies (``*.fp16.safetensors``) the loader does not
+    ask for, so a folder that carries several precisions is not read several times.
+    """
+    if location.is_file():
+        return [location]
+    files = stream_files(model_components(location))
+    return sorted(files, key=lambda p: p.stat().st_size, reverse=True)
 
 
 def stream_files(components: Iterable[ComponentFiles]) -> list[Path]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from startup.profiles import Profile
+from hardware.profiles import Profile
 
 log = logging.getLogger(__name__)
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-# format name -> (file suffix, Pillow format)
-FORMATS = {"webp": (".webp", "WEBP"), "jpg": (".jpg", "JPEG"), "png": (".png", "PNG")}
+from request.catalog import OUTPUT_FORMATS
 
 
 def save_images(
     images: Sequence[Any], out_dir: Path, output_format: str, quality: int, names: Optional[Sequence[str]] = None
 ) -> list[Path]:
     """Save each image as ``<name>.<format>`` (default ``out-<i>``); quality applies to webp and jpg only."""
-    suffix, pil_format = FORMATS[output_format]
+    suffix, pil_format = OUTPUT_FORMATS[output_format]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, image in enumerate(images):

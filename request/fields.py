@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from request.errors import InputError
+
 Number = Union[int, float]
-
-
-class InputError(ValueError):
-    """A value the caller sent is not allowed. The message names the field, the value and the rule."""
-
-    def __init__(self, field: str, value: Any, allowed: str) -> None:
-        self.field = field
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"invalid input {field}={value!r}: {allowed}")
 
 
 @dataclass(frozen=True)

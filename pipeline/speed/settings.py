@@ -1,0 +1,99 @@
+"""Generation speed switches, from data (``pipeline/configs/speed.json``) with per-device defaults
+and ``$SPEED_<NAME>`` overrides, so the benchmark can measure each one alone and an operator can
+turn any off.
+
+The switches that change a model's modules (fused QKV, channels-last layout) are applied once when
+the model loads; the ones that act per call (attention kernel priority, CUDA graphs, VAE decode
+precision) are read by ``pipeline.generate``. Off CUDA every switch defaults to off, which keeps the
+CPU path pixel-identical to plain diffusers (``tests/test_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+if TYPE_CHECKING:
+    from hardware.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "speed.json"
+ENV_PREFIX = "SPEED_"
+OFF = {"fuse_qkv": False, "channels_last": False, "cuda_graphs": False, "vae_decode": "exact", "attention": "auto",
+       "step_cache": "off", "compile": "off", "fp8_matmul": False}
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    cuda_graphs: bool = False
+    vae_decode: str = "exact"  # "exact" (diffusers' own decode) or "bfloat16"
+    attention: str = "auto"  # SDPA kernel tried first: auto, cudnn, flash, efficient
+    step_cache: str = "off"  # "first_block": Flux's first-block cache (lossy, opt-in)
+    compile: str = "off"  # "regional": torch.compile of the repeated blocks (pipeline.speed.compile_cache)
+    fp8_matmul: bool = False  # Flux's block matmuls in float8 (pipeline.speed.fp8_linear; lossy, opt-in)
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
+
+
+def _parse(name: str, raw: str, spec: Mapping[str, Any]) -> Any:
+    if isinstance(OFF[name], bool):
+        lowered = raw.lower()
+        if lowered in ("1", "true", "on", "yes"):
+            return True
+        if lowered in ("0", "false", "off", "no"):
+            return False
+        raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: allowed 1 or 0")
+    if raw not in spec["choices"]:
+        raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: allowed {', '.join(spec['choices'])}")
+    return raw
+
+
+def speed_table() -> dict[str, Any]:
+    return json.loads(CONFIG.read_text())
+
+
+def speed_settings(device: str, env: Optional[Mapping[str, str]] = None, pipeline_class: Optional[str] = None) -> SpeedSettings:
+    """The settings for ``device``: its defaults from the data file, then the environment's
+    overrides; a switch the data limits to other models (``models``) is off for ``pipeline_class``.
+    The step cache, which decides on the host at every step, turns CUDA graphs and compilation off."""
+    env = os.environ if env is None else env
+    table = speed_table()
+    values = {}
+    for name, off in OFF.items():
+        spec = table[name]
+        value = spec["default"].get(device, off)
+        raw = env.get(ENV_PREFIX + name.upper())
+        values[name] = _parse(name, raw, spec) if raw else value
+        if pipeline_class is not None and pipeline_class not in spec.get("models", [pipeline_class]):
+            values[name] = off
+    if values["step_cache"] != "off":
+        values["cuda_graphs"] = False
+        values["compile"] = "off"
+    return SpeedSettings(**values)
+
+
+def speed_for_model(device: str, pipeline_class: str, profile: "Profile") -> SpeedSettings:
+    """Every eligibility rule in one place: the device's settings for this pipeline class, less what
+    the hardware profile rules out. CUDA graphs only where the weights stay put as plain tensors:
+    offloading moves them, fp8 storage re-casts them on every call and bitsandbytes' layers branch
+    on the host, none of which a graph can replay. fp8 matmuls need the same plain bf16 model, on a
+    GPU of compute capability 8.9+."""
+    settings = speed_settings(device, pipeline_class=pipeline_class)
+    plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
+    if settings.cuda_graphs and not (plain and device == "cuda"):
+        settings = replace(settings, cuda_graphs=False)
+    if settings.fp8_matmul:
+        from pipeline.speed.fp8_linear import fp8_matmul_supported
+
+        if not (plain and fp8_matmul_supported(device)):
+            log.info("fp8 matmuls need a plain bf16 model on a GPU of compute capability 8.9+: off")
+            settings = replace(settings, fp8_matmul=False)
+    return settings

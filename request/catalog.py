@@ -1,0 +1,60 @@
+"""What a request can name, as data: the models (with the options each supports and the classes
+the pipeline builds them from), the samplers and the output formats.
+
+It sits in the request layer so that a request is checked against its model's spec before anything
+loads, downloads or evicts; the pipeline reads the loader-side columns from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    pipeline_class: str
+    weights_env: str
+    default_weights: str
+    single_file: bool  # whether a single .safetensors checkpoint can be loaded (with shipped configs)
+    negative_prompt: bool
+    schedulers: bool  # whether the request's sampler choice applies
+    ip_adapter: bool  # face_image (IP-Adapter identity)
+    inpaint_pipeline_class: str  # the ADetailer pass's pipeline, built with from_pipe
+    size_multiple: int  # width/height must be multiples of this
+
+
+MODELS: Mapping[str, ModelSpec] = {
+    "sdxl": ModelSpec(
+        "sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", "weights/sdxl", single_file=True, negative_prompt=True,
+        schedulers=True, ip_adapter=True, inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8,
+    ),
+    # Flux packs 2x2 latent patches over an 8x VAE: sides are multiples of 16. It has no
+    # negative prompt and one sampler (flow-matching Euler).
+    "flux-dev": ModelSpec(
+        "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", "weights/flux-dev", single_file=False, negative_prompt=False,
+        schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
+    ),
+    "flux-schnell": ModelSpec(
+        "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", "weights/flux-schnell", single_file=False,
+        negative_prompt=False, schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline",
+        size_multiple=16,
+    ),
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+
+# Sampler names as Replicate's SDXL models call them -> (diffusers scheduler class name, extra config)
+SCHEDULERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
+    "K_EULER": ("EulerDiscreteScheduler", {}),
+    "K_EULER_ANCESTRAL": ("EulerAncestralDiscreteScheduler", {}),
+    "DPMSolverMultistep": ("DPMSolverMultistepScheduler", {}),
+    "KarrasDPM": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),  # DPM++ 2M Karras
+    "DDIM": ("DDIMScheduler", {}),
+    "HeunDiscrete": ("HeunDiscreteScheduler", {}),
+    "PNDM": ("PNDMScheduler", {}),
+}
+SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+
+# format name -> (file suffix, Pillow format)
+OUTPUT_FORMATS: Mapping[str, tuple[str, str]] = {"webp": (".webp", "WEBP"), "jpg": (".jpg", "JPEG"), "png": (".png", "PNG")}

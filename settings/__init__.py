@@ -1,0 +1,117 @@
+"""Every environment variable the service reads, declared once: name, type, default and meaning.
+
+Code reads them through ``get(NAME)`` (and ``member(PREFIX, NAME)`` for the two families), never
+through ``os.environ`` (a test checks), so this table is the whole list, and the README's settings
+table is checked against it. Values are read when asked for, not at import: an operator's change
+between two loads, or a test's ``monkeypatch.setenv``, takes effect.
+
+One rule for every boolean: 1/true/yes/on or 0/false/no/off, in any case; anything else is an
+error naming the variable. An empty value counts as unset.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type  # str, int, float, bool or Path
+    default: Any  # None: unset, and the reader says what that means
+    doc: str
+
+
+@dataclass(frozen=True)
+class Family:
+    """Variables named ``PREFIX`` + a member's name in capitals; the members are their owner's data."""
+
+    prefix: str
+    owner: str
+    doc: str
+
+
+SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
+    Setting("DEFAULT_MODEL", str, "sdxl",
+            "The model loaded at start-up and used when a request names none: sdxl, flux-dev or flux-schnell."),
+    Setting("SDXL_WEIGHTS", str, "weights/sdxl",
+            "SDXL weights: a diffusers folder, a single-file .safetensors checkpoint, or an http(s) URL to either (a folder "
+            "as .tar, optionally with #sha256=). Cog's COG_WEIGHTS, given to setup(), wins for the default model."),
+    Setting("FLUX_DEV_WEIGHTS", str, "weights/flux-dev", "FLUX.1-dev weights: a diffusers folder, or an http(s) URL to one as .tar."),
+    Setting("FLUX_SCHNELL_WEIGHTS", str, "weights/flux-schnell",
+            "FLUX.1-schnell weights: a diffusers folder, or an http(s) URL to one as .tar."),
+    Setting("WEIGHTS_CACHE", Path, Path("weights/cache"), "Where weights given as a URL are downloaded, once."),
+    Setting("MODEL_MEMORY_BUDGET_GB", float, None,
+            "Memory the resident models may use; a model that does not fit evicts the least recently used. "
+            "Unset: free GPU memory on CUDA, no limit elsewhere."),
+    Setting("FAST_LOAD", bool, None, "The weight stream onto the device at start-up. Unset: on for CUDA, off elsewhere."),
+    Setting("WEIGHT_STREAM_WORKERS", int, None, "Reader threads of the weight stream. Unset: 4 on CUDA, 2 elsewhere."),
+    Setting("COMPILE_CACHE_DIR", Path, Path("weights/compile-cache"),
+            "Compiled-artifact files for SPEED_COMPILE=regional (scripts/build_compile_cache.py writes them)."),
+    Setting("IP_ADAPTER_WEIGHTS", Path, Path("weights/ip-adapter"), "SDXL IP-Adapter folder, in h94/IP-Adapter's layout."),
+    Setting("FLUX_IP_ADAPTER_WEIGHTS", Path, Path("weights/flux-ip-adapter"), "Flux IP-Adapter folder, in XLabs' layout."),
+    Setting("IP_ADAPTER_VARIANT", str, None, "plus-face or plain (SDXL), xlabs (Flux). Unset: the first one present."),
+    Setting("ADETAILER_MODELS", Path, Path("weights/adetailer"),
+            "Folder of ADetailer's YOLO .pt weights (face_yolov8n.pt, hand_yolov8n.pt...). Without them: mediapipe."),
+    Setting("PRELOAD_OPTIONAL", str, "", "Optional parts to load on a thread right after READY: adetailer, ip_adapter (comma-separated)."),
+    Setting("STARTUP_TIMINGS_PATH", Path, Path(tempfile.gettempdir()) / "startup_timings.json",
+            "Where setup() writes its stage timings as JSON."),
+    Setting("HW_PROFILE", str, None, "Force a hardware profile by name (hardware/profiles.json). Unset: chosen by device and free memory."),
+)}
+
+FAMILIES: Mapping[str, Family] = {f.prefix: f for f in (
+    Family("SPEED_", "pipeline/configs/speed.json",
+           "One per generation speed switch, e.g. SPEED_CUDA_GRAPHS=0, SPEED_ATTENTION=cudnn: 1/0 for the on/off ones, "
+           "a value from the switch's choices for the others."),
+    Family("HW_", "hardware/profiles.json",
+           "One per hardware-profile setting, e.g. HW_FLUX_QUANTIZATION=nf4, HW_OFFLOAD=model, HW_VAE_TILING=1."),
+)}
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value its reader cannot use; the message names it."""
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise SettingError(f"${name}={raw!r}: allowed 1/true/yes/on or 0/false/no/off")
+
+
+def _parse(setting: Setting, raw: str) -> Any:
+    if setting.kind is bool:
+        return parse_bool(setting.name, raw)
+    if setting.kind is Path:
+        return Path(raw).expanduser()
+    try:
+        return setting.kind(raw)
+    except ValueError:
+        raise SettingError(f"${setting.name}={raw!r}: expected a{'n integer' if setting.kind is int else ' number'}") from None
+
+
+def _raw(name: str, env: Optional[Mapping[str, str]]) -> str:
+    return (os.environ if env is None else env).get(name, "").strip()
+
+
+def get(name: str, env: Optional[Mapping[str, str]] = None) -> Any:
+    """The value of setting ``name`` in its type, or its default when unset (``env``: for tests)."""
+    setting = SETTINGS[name]
+    raw = _raw(name, env)
+    return _parse(setting, raw) if raw else setting.default
+
+
+def member(prefix: str, name: str, env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The raw value of family member ``PREFIX + NAME`` (its owner parses it), or None when unset."""
+    if prefix not in FAMILIES:
+        raise KeyError(f"no settings family {prefix!r}")
+    return _raw(prefix + name.upper(), env) or None
