@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import settings
 from adetailer.detection import Detector
 from adetailer.inpaint import InpaintSettings, inpaint_region
 from adetailer.mask import dilate_erode, filter_by_ratio, filter_k_largest
@@ -25,15 +25,13 @@ from request.adetailer import ADetailerArgs
 
 log = logging.getLogger(__name__)
 
-MODELS_ENV = "ADETAILER_MODELS"
-DEFAULT_MODELS = "weights/adetailer"
 # pass name -> prefix of the operator's YOLO weights (ADetailer's face_yolov8n.pt, hand_yolov8n.pt)
 YOLO_KIND = {"face": "face", "hands": "hand"}
 
 
 def models_folder() -> Path:
     """Only the operator's folder is searched for ``.pt`` files: they are pickles."""
-    return Path(os.environ.get(MODELS_ENV, DEFAULT_MODELS))
+    return settings.get("ADETAILER_MODELS")
 
 
 def _build_detector(pass_name: str, folder: Path) -> tuple[str, Callable[[], Detector]]:

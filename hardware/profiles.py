@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+import settings
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ PROFILES_FILE = Path(__file__).with_name("profiles.json")
 QUANTIZATIONS = ("none", "fp8", "int8", "nf4")
 T5_QUANTIZATIONS = ("none", "int8", "nf4")  # fp8 storage breaks the Flux pipeline's T5 input cast
 OFFLOADS = ("none", "model", "sequential")
+ENV_PREFIX = "HW_"  # settings family: HW_<FIELD> overrides a profile's field
+NOT_OVERRIDABLE = ("name", "device", "min_free_gb", "reason")
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,6 @@ class Profile:
     vae_tiling: bool
     attention_slicing: bool
     offload: str
-    keep_resident: bool
     cleanup_after_image: bool
     reason: str = ""
 
@@ -46,13 +48,12 @@ def load_profiles() -> tuple[Profile, ...]:
 
 
 def _parse(name: str, text: str, current: Any) -> Any:
+    variable = f"{ENV_PREFIX}{name.upper()}"
     if isinstance(current, bool):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"HW_{name.upper()}={text!r}: expected true or false")
-        return text.lower() in ("true", "1")
+        return settings.parse_bool(variable, text)
     allowed = {"flux_quantization": QUANTIZATIONS, "t5_quantization": T5_QUANTIZATIONS, "offload": OFFLOADS}.get(name)
     if allowed and text not in allowed:
-        raise ValueError(f"HW_{name.upper()}={text!r}: allowed {', '.join(allowed)}")
+        raise settings.SettingError(f"${variable}={text!r}: allowed {', '.join(allowed)}")
     return text
 
 
@@ -61,26 +62,26 @@ def choose_profile(
     free_gb: Optional[float],
     bitsandbytes_usable: bool,
     fp8_capable: bool,
-    env: Mapping[str, str] = os.environ,
+    env: Optional[Mapping[str, str]] = None,
 ) -> Profile:
     """The first profile for ``device`` whose memory floor ``free_gb`` meets, then the operator's
     ``HW_*`` overrides, then fallbacks for what this machine cannot do, each with its reason."""
     candidates = [p for p in load_profiles() if p.device == device]
-    forced = env.get("HW_PROFILE")
+    forced = settings.get("HW_PROFILE", env)
     if forced:
         matches = [p for p in load_profiles() if p.name == forced]
         if not matches:
-            raise ValueError(f"HW_PROFILE={forced!r}: allowed {', '.join(p.name for p in load_profiles())}")
+            raise settings.SettingError(f"$HW_PROFILE={forced!r}: allowed {', '.join(p.name for p in load_profiles())}")
         profile, reason = matches[0], "forced by HW_PROFILE"
     else:
         profile = next(p for p in candidates if free_gb is None or free_gb >= p.min_free_gb)
         reason = f"{device}" + (f" with {free_gb:.1f} GB free" if free_gb is not None else "")
     notes = [reason]
     for item in fields(Profile):
-        key = f"HW_{item.name.upper()}"
-        if item.name not in ("name", "device", "min_free_gb", "reason") and key in env:
-            profile = replace(profile, **{item.name: _parse(item.name, env[key], getattr(profile, item.name))})
-            notes.append(f"{item.name}={getattr(profile, item.name)} from {key}")
+        raw = settings.member(ENV_PREFIX, item.name, env) if item.name not in NOT_OVERRIDABLE else None
+        if raw is not None:
+            profile = replace(profile, **{item.name: _parse(item.name, raw, getattr(profile, item.name))})
+            notes.append(f"{item.name}={getattr(profile, item.name)} from {ENV_PREFIX}{item.name.upper()}")
     for name in ("flux_quantization", "t5_quantization"):
         wanted = getattr(profile, name)
         if wanted in ("int8", "nf4") and not bitsandbytes_usable:

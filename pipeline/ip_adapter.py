@@ -11,25 +11,21 @@ that never loaded an adapter.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import settings
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.models import LoadedModel
 from request.reference_image import ReferenceImage
 
 log = logging.getLogger(__name__)
 
-VARIANT_ENV = "IP_ADAPTER_VARIANT"
-# adapter family -> (folder env var, default folder)
-FOLDERS: Mapping[str, tuple[str, str]] = {
-    "sdxl": ("IP_ADAPTER_WEIGHTS", "weights/ip-adapter"),
-    "flux": ("FLUX_IP_ADAPTER_WEIGHTS", "weights/flux-ip-adapter"),
-}
+# adapter family -> the setting that holds its folder
+FOLDERS: Mapping[str, str] = {"sdxl": "IP_ADAPTER_WEIGHTS", "flux": "FLUX_IP_ADAPTER_WEIGHTS"}
 
 
 @dataclass(frozen=True)
@@ -59,21 +55,20 @@ def adapter_family(model: LoadedModel) -> str:
 
 
 def adapter_folder(family: str) -> Path:
-    env, default = FOLDERS[family]
-    return Path(os.environ.get(env, default))
+    return settings.get(FOLDERS[family])
 
 
 def choose_variant(folder: Path, family: str) -> str:
     """The operator's ``$IP_ADAPTER_VARIANT`` (if it is this family's), else the first present."""
     names = [name for name, variant in VARIANTS.items() if variant.family == family]
-    wanted = os.environ.get(VARIANT_ENV)
+    wanted = settings.get("IP_ADAPTER_VARIANT")
     if wanted in names:
         names = [wanted]
     for name in names:
         if (folder / VARIANTS[name].weight_file).is_file():
             return name
     expected = ", ".join(VARIANTS[name].weight_file for name in names)
-    raise IPAdapterUnavailable(f"no IP-Adapter weights in {folder}: expected {expected} (set ${FOLDERS[family][0]})")
+    raise IPAdapterUnavailable(f"no IP-Adapter weights in {folder}: expected {expected} (set ${FOLDERS[family]})")
 
 
 @dataclass

@@ -15,8 +15,7 @@ from typing import Any, Mapping
 class ModelSpec:
     name: str
     pipeline_class: str
-    weights_env: str
-    default_weights: str
+    weights_env: str  # the setting that holds its weights (settings.SETTINGS)
     single_file: bool  # whether a single .safetensors checkpoint can be loaded (with shipped configs)
     negative_prompt: bool
     schedulers: bool  # whether the request's sampler choice applies
@@ -27,17 +26,17 @@ class ModelSpec:
 
 MODELS: Mapping[str, ModelSpec] = {
     "sdxl": ModelSpec(
-        "sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", "weights/sdxl", single_file=True, negative_prompt=True,
+        "sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", single_file=True, negative_prompt=True,
         schedulers=True, ip_adapter=True, inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8,
     ),
     # Flux packs 2x2 latent patches over an 8x VAE: sides are multiples of 16. It has no
     # negative prompt and one sampler (flow-matching Euler).
     "flux-dev": ModelSpec(
-        "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", "weights/flux-dev", single_file=False, negative_prompt=False,
+        "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", single_file=False, negative_prompt=False,
         schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
     ),
     "flux-schnell": ModelSpec(
-        "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", "weights/flux-schnell", single_file=False,
+        "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", single_file=False,
         negative_prompt=False, schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline",
         size_multiple=16,
     ),

@@ -10,15 +10,15 @@ only for that one (the model cache locks per entry).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
+import settings
+from startup.timers import print_timer
+
 log = logging.getLogger(__name__)
 
-PRELOAD_ENV = "PRELOAD_OPTIONAL"
 
 
 def _adetailer(model: Any) -> None:
@@ -38,11 +38,11 @@ def _ip_adapter(model: Any) -> None:
 PARTS: Mapping[str, Callable[[Any], None]] = {"adetailer": _adetailer, "ip_adapter": _ip_adapter}
 
 
-def requested_parts(env: Mapping[str, str] = os.environ) -> list[str]:
-    names = [name.strip() for name in env.get(PRELOAD_ENV, "").split(",") if name.strip()]
+def requested_parts(env: Optional[Mapping[str, str]] = None) -> list[str]:
+    names = [name.strip() for name in settings.get("PRELOAD_OPTIONAL", env).split(",") if name.strip()]
     unknown = [name for name in names if name not in PARTS]
     if unknown:
-        raise ValueError(f"${PRELOAD_ENV}: unknown part(s) {', '.join(unknown)}; allowed {', '.join(PARTS)}")
+        raise settings.SettingError(f"$PRELOAD_OPTIONAL: unknown part(s) {', '.join(unknown)}; allowed {', '.join(PARTS)}")
     return names
 
 
@@ -58,7 +58,7 @@ def start_preload(model: Any, parts: list[str]) -> Optional[threading.Thread]:
                 PARTS[name](model)
             except Exception as error:  # a missing optional part must not take the service down
                 log.warning("optional part %s not preloaded: %s", name, error)
-            print(f"[Timer: optional:{name}]: {time.perf_counter() - started:.3f} seconds", file=sys.stderr, flush=True)
+            print_timer(f"optional:{name}", time.perf_counter() - started)
 
     thread = threading.Thread(target=run, name="optional-preload", daemon=True)
     thread.start()

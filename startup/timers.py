@@ -9,24 +9,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-TIMINGS_ENV = "STARTUP_TIMINGS_PATH"
+import settings
 
 
-def default_timings_path() -> Path:
-    return Path(os.environ.get(TIMINGS_ENV) or Path(tempfile.gettempdir()) / "startup_timings.json")
+def print_timer(name: str, seconds: float) -> None:
+    """The one ``[Timer: NAME]: S seconds`` line format, on stderr with the other logs."""
+    print(f"[Timer: {name}]: {seconds:.3f} seconds", file=sys.stderr, flush=True)
 
 
 class StageTimer:
     """Records each stage's wall time in order; ``finish`` prints the total and writes the JSON."""
 
     def __init__(self, path: Optional[Path] = None) -> None:
-        self.path = path or default_timings_path()
+        self.path = path or settings.get("STARTUP_TIMINGS_PATH")
         self.stages: list[tuple[str, float]] = []
         self._started = time.perf_counter()
 
@@ -38,12 +38,12 @@ class StageTimer:
         finally:
             seconds = time.perf_counter() - start
             self.stages.append((name, seconds))
-            print(f"[Timer: {name}]: {seconds:.3f} seconds", file=sys.stderr, flush=True)
+            print_timer(name, seconds)
 
     def finish(self, completed: bool = True, **context: object) -> dict:
         """Print the total and write the record; ``context`` (device, weights...) goes in as is."""
         total = time.perf_counter() - self._started
-        print(f"[Timer: total]: {total:.3f} seconds", file=sys.stderr, flush=True)
+        print_timer("total", total)
         record = {
             "stages": [{"name": name, "seconds": seconds} for name, seconds in self.stages],
             "total_seconds": total,

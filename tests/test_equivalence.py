@@ -56,4 +56,4 @@ def test_a_failing_variant_is_its_own_row_and_the_run_goes_on(tiny_weights: Path
     assert list(rows) == ["defaults", "SPEED_ATTENTION=bogus", "SPEED_FUSE_QKV=1"]
     assert "$SPEED_ATTENTION='bogus': allowed auto, cudnn, flash, efficient" in rows["SPEED_ATTENTION=bogus"]["error"]
     assert rows["SPEED_FUSE_QKV=1"]["max_abs_pixel_diff"] <= 1
-    assert "| sdxl | SPEED_ATTENTION=bogus | failed: ValueError" in (tmp_path / "generation-sdxl.md").read_text()
+    assert "| sdxl | SPEED_ATTENTION=bogus | failed: SettingError" in (tmp_path / "generation-sdxl.md").read_text()

@@ -24,11 +24,11 @@ def test_small_cards_offload_and_slice() -> None:
     eight = choose_profile("cuda", 7.0, True, True, env={})
     assert eight.offload == "sequential" and eight.vae_tiling and eight.attention_slicing and eight.cleanup_after_image
     big = choose_profile("cuda", 80.0, True, True, env={})
-    assert big.offload == "none" and big.keep_resident and not big.vae_slicing
+    assert big.offload == "none" and not big.vae_slicing
 
 
 def test_unusable_bitsandbytes_and_missing_fp8_fall_back_with_a_reason(caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="startup"):
+    with caplog.at_level(logging.INFO, logger="hardware"):
         profile = choose_profile("cuda", 15.5, bitsandbytes_usable=False, fp8_capable=False, env={"HW_FLUX_QUANTIZATION": "fp8"})
     assert profile.flux_quantization == "none" and profile.t5_quantization == "none"
     assert "flux_quantization fp8 -> none: needs a GPU with fp8" in profile.reason
@@ -43,7 +43,7 @@ def test_overrides_and_forced_profile() -> None:
     forced = choose_profile("cuda", 80.0, True, True, env={"HW_PROFILE": "8gb"})
     assert forced.name == "8gb" and "forced by HW_PROFILE" in forced.reason
     for env, words in (({"HW_PROFILE": "4gb"}, "allowed"), ({"HW_OFFLOAD": "disk"}, "allowed none, model, sequential"),
-                       ({"HW_T5_QUANTIZATION": "fp8"}, "allowed none, int8, nf4"), ({"HW_VAE_SLICING": "maybe"}, "true or false")):
+                       ({"HW_T5_QUANTIZATION": "fp8"}, "allowed none, int8, nf4"), ({"HW_VAE_SLICING": "maybe"}, "allowed 1/true/yes/on or 0/false/no/off")):
         with pytest.raises(ValueError, match=words):
             choose_profile("cuda", 80.0, True, True, env=env)
 

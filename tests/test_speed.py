@@ -30,7 +30,7 @@ def test_environment_overrides_and_names_the_variable_when_wrong() -> None:
     assert not speed_settings("cuda", env={"SPEED_CUDA_GRAPHS": "0"}).cuda_graphs
     with pytest.raises(ValueError, match=r"\$SPEED_ATTENTION='fast': allowed auto, cudnn, flash, efficient"):
         speed_settings("cpu", env={"SPEED_ATTENTION": "fast"})
-    with pytest.raises(ValueError, match=r"\$SPEED_FUSE_QKV='maybe': allowed 1 or 0"):
+    with pytest.raises(ValueError, match=r"\$SPEED_FUSE_QKV='maybe': allowed 1/true/yes/on or 0/false/no/off"):
         speed_settings("cpu", env={"SPEED_FUSE_QKV": "maybe"})
 
 

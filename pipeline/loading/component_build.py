@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import settings
 from pipeline.loading.stream import StreamError, WeightStream
 
 log = logging.getLogger(__name__)
 
-FAST_LOAD_ENV = "FAST_LOAD"
 WEIGHT_NAMES = {"diffusers": "diffusion_pytorch_model", "transformers": "model"}
 
 
@@ -38,19 +38,15 @@ class ComponentFiles:
 
 
 def fast_load_enabled(device: str, env: Optional[dict] = None) -> bool:
-    """``$FAST_LOAD`` (1/0) when set; otherwise on for CUDA only.
+    """``$FAST_LOAD`` when set; otherwise on for CUDA only.
 
     Off on the CPU by default because it was measured slower there (README, Start-up): safetensors
     maps the file and the CPU tensors are the mapped pages themselves (no copy), which streaming
     cannot beat. On CUDA every byte must cross to the device anyway, and streaming it during the
     imports is the point.
     """
-    import os
-
-    value = (env if env is not None else os.environ).get(FAST_LOAD_ENV, "")
-    if value:
-        return value.lower() not in ("0", "false", "no", "off")
-    return device.startswith("cuda")
+    value = settings.get("FAST_LOAD", env)
+    return device.startswith("cuda") if value is None else value
 
 
 def model_components(location: Path, skip: Iterable[str] = ()) -> list[ComponentFiles]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Callable, Optional, Sequence
 
+import settings
 from hardware.backend import Backend
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.loading.component_build import weight_files
@@ -19,15 +19,13 @@ from request.errors import InputError
 log = logging.getLogger(__name__)
 
 
-BUDGET_ENV = "MODEL_MEMORY_BUDGET_GB"
-
 
 def free_bytes(backend: Backend) -> Callable[[], int]:
     """What a new model may use: free GPU memory on CUDA; elsewhere ``$MODEL_MEMORY_BUDGET_GB`` less
     what is resident (unlimited when unset: host memory is the operator's to size)."""
-    budget = os.environ.get(BUDGET_ENV)
-    if budget:
-        return lambda: int(float(budget) * 1e9) - MODEL_CACHE.resident_bytes()
+    budget = settings.get("MODEL_MEMORY_BUDGET_GB")
+    if budget is not None:
+        return lambda: int(budget * 1e9) - MODEL_CACHE.resident_bytes()
     if backend.device == "cuda":
         import torch
 

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import settings
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024 * 1024
-WORKERS_ENV = "WEIGHT_STREAM_WORKERS"
 
 # safetensors dtype tags -> torch dtype names
 DTYPES = {
@@ -186,7 +187,7 @@ class WeightStream:
         # Through a staging buffer (pinned on CUDA); on the CPU only when a test asks, to check the
         # staged path's offsets without a GPU.
         self.staged = device != "cpu" if staged is None else staged
-        self.workers = workers or int(os.environ.get(WORKERS_ENV) or (4 if device == "cuda" else 2))
+        self.workers = workers or settings.get("WEIGHT_STREAM_WORKERS") or (4 if device == "cuda" else 2)
         self.chunk_bytes = chunk_bytes
         self._ready = ready
         self._streams: dict[Path, Future] = {}

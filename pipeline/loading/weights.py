@@ -9,35 +9,29 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
+import settings
 from pipeline.loading.fetch import FetchError, download
 from pipeline.models import WeightsSource
 from request.catalog import MODELS
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "WEIGHTS_CACHE"
-DEFAULT_CACHE = "weights/cache"
-
-
-DEFAULT_MODEL_ENV = "DEFAULT_MODEL"
 
 
 def default_model_name() -> str:
-    """The operator's ``$DEFAULT_MODEL`` (loaded at start-up), ``sdxl`` when unset."""
-    name = os.environ.get(DEFAULT_MODEL_ENV) or "sdxl"
+    """The operator's ``$DEFAULT_MODEL`` (loaded at start-up)."""
+    name = settings.get("DEFAULT_MODEL")
     if name not in MODELS:
-        raise ValueError(f"${DEFAULT_MODEL_ENV}={name!r}: allowed {', '.join(MODELS)}")
+        raise settings.SettingError(f"$DEFAULT_MODEL={name!r}: allowed {', '.join(MODELS)}")
     return name
 
 
 def weights_setting(name: str, explicit: Optional[str] = None) -> str:
-    """The weights path or URL for model ``name``: an explicit value, else its env var, else its default."""
-    spec = MODELS[name]
-    return str(explicit or os.environ.get(spec.weights_env) or spec.default_weights)
+    """The weights path or URL for model ``name``: an explicit value, else its setting (``$SDXL_WEIGHTS``...)."""
+    return str(explicit or settings.get(MODELS[name].weights_env))
 
 
 def available_models(explicit_default: Optional[str] = None, default_model: Optional[str] = None) -> list[str]:
@@ -110,7 +104,7 @@ def resolve_weights(setting: str, cache_dir: Optional[Path] = None, model: str =
     """Fetch if it is a URL, then check the local path; raise ``WeightsError`` on any problem."""
     origin = setting
     if setting.startswith(("http://", "https://")):
-        cache = cache_dir or Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE))
+        cache = cache_dir or settings.get("WEIGHTS_CACHE")
         try:
             path = download(setting, cache)
         except FetchError as error:

@@ -11,15 +11,14 @@ hits. Artifacts are only valid for the same GPU model and torch version, so both
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
 
+import settings
+
 log = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "COMPILE_CACHE_DIR"
-DEFAULT_CACHE_DIR = "weights/compile-cache"
 
 
 def cache_path(model: str, device: str) -> Path:
@@ -28,7 +27,7 @@ def cache_path(model: str, device: str) -> Path:
 
     hardware = torch.cuda.get_device_name() if device == "cuda" else device
     name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{model}-{hardware}-torch{torch.__version__}").strip("-")
-    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR) / f"{name}.bin"
+    return settings.get("COMPILE_CACHE_DIR") / f"{name}.bin"
 
 
 def restore(path: Path) -> Optional[int]:

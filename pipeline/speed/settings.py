@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Mapping, Optional
 
-if TYPE_CHECKING:
-    from hardware.profiles import Profile
+import settings
+from hardware.profiles import Profile
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,11 @@ class SpeedSettings:
 
 
 def _parse(name: str, raw: str, spec: Mapping[str, Any]) -> Any:
+    variable = f"{ENV_PREFIX}{name.upper()}"
     if isinstance(OFF[name], bool):
-        lowered = raw.lower()
-        if lowered in ("1", "true", "on", "yes"):
-            return True
-        if lowered in ("0", "false", "off", "no"):
-            return False
-        raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: allowed 1 or 0")
+        return settings.parse_bool(variable, raw)
     if raw not in spec["choices"]:
-        raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: allowed {', '.join(spec['choices'])}")
+        raise settings.SettingError(f"${variable}={raw!r}: allowed {', '.join(spec['choices'])}")
     return raw
 
 
@@ -64,13 +59,12 @@ def speed_settings(device: str, env: Optional[Mapping[str, str]] = None, pipelin
     """The settings for ``device``: its defaults from the data file, then the environment's
     overrides; a switch the data limits to other models (``models``) is off for ``pipeline_class``.
     The step cache, which decides on the host at every step, turns CUDA graphs and compilation off."""
-    env = os.environ if env is None else env
     table = speed_table()
     values = {}
     for name, off in OFF.items():
         spec = table[name]
         value = spec["default"].get(device, off)
-        raw = env.get(ENV_PREFIX + name.upper())
+        raw = settings.member(ENV_PREFIX, name, env)
         values[name] = _parse(name, raw, spec) if raw else value
         if pipeline_class is not None and pipeline_class not in spec.get("models", [pipeline_class]):
             values[name] = off
@@ -80,7 +74,7 @@ def speed_settings(device: str, env: Optional[Mapping[str, str]] = None, pipelin
     return SpeedSettings(**values)
 
 
-def speed_for_model(device: str, pipeline_class: str, profile: "Profile") -> SpeedSettings:
+def speed_for_model(device: str, pipeline_class: str, profile: Profile) -> SpeedSettings:
     """Every eligibility rule in one place: the device's settings for this pipeline class, less what
     the hardware profile rules out. CUDA graphs only where the weights stay put as plain tensors:
     offloading moves them, fp8 storage re-casts them on every call and bitsandbytes' layers branch
