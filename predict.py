@@ -1,6 +1,9 @@
-"""Cog entry point. Thin on purpose: inputs are declared from the validators' own tables
-(``request.generation.FIELDS``, ``request.adetailer.AD_FIELDS``) and each request flows
-predict.py -> presets -> pipeline -> adetailer -> outputs."""
+"""Cog entry point: the adapter between Cog and the service, and nothing else.
+
+Every input is declared once, as a field of the request models (``request.generation``,
+``request.adetailer``); ``field`` builds Cog's ``Input()`` from that declaration, and a test pins this
+signature to the models. A request then runs as the numbered steps of ``service.job.run_request``.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +17,8 @@ from typing import Any, Optional
 
 from cog import BasePredictor, Input, Path
 
-from pipeline.loading.select import requested_model, select_model
-from presets import resolve
-from request.adetailer import AD_FIELDS, parse_adetailer_args
-from request.fields import FieldSpec
-from request.generation import FIELDS, check_model_options, parse_request
-from service.job import run_job
-from service.outputs import save_images
+from request.inputs import INPUTS
+from service.job import run_request
 from startup.chain import ReadyService, run_startup
 
 # predict()/BasePredictor keep this predictor working on every Cog version Replicate runs,
@@ -31,12 +29,9 @@ warnings.filterwarnings("ignore", message=r"BasePredictor is deprecated", catego
 log = logging.getLogger("predict")
 
 
-ALL_FIELDS: dict[str, FieldSpec] = {**FIELDS, **AD_FIELDS}
-
-
 def field(name: str) -> Any:
-    """A cog ``Input`` built from the same bounds the validator enforces."""
-    spec = ALL_FIELDS[name]
+    """Cog's ``Input`` for request field ``name``: its default, description and bounds as declared."""
+    spec = INPUTS[name]
     return Input(
         default=spec.default,
         description=spec.description,
@@ -93,22 +88,12 @@ class Predictor(BasePredictor):
         # locals() is exactly the inputs here: it must stay the first statement.
         raw = {name: value for name, value in locals().items() if name != "self"}
         started = time.perf_counter()
-        request = parse_request({name: raw[name] for name in FIELDS})
-        ad_args = parse_adetailer_args({name: raw[name] for name in AD_FIELDS})
         service = self.service
-        spec = requested_model(request.model, service.default_source.model, service.available)
-        check_model_options(request, spec, ad_args.ad_negative_prompt)  # before anything loads
-        loaded = select_model(spec.name, service.default_source, service.backend)
-        settings = resolve(
-            loaded.family, request.preset, request.num_inference_steps, request.guidance_scale, request.ip_adapter_scale
-        )
-        result = run_job(loaded, service.backend.device, request, settings, ad_args)
-        images, names = result.outputs()
-        paths = save_images(images, self._fresh_output_dir(), request.output_format, request.output_quality, names)
+        result = run_request(raw, service.backend, service.default_source, service.available, self._fresh_output_dir())
         for name, value in result.metrics().items():
             self.record_metric(name, value)
-        log.info("prediction done in %.2f s: %s", time.perf_counter() - started, ", ".join(map(str, paths)))
-        return [Path(path) for path in paths]
+        log.info("prediction done in %.2f s: %s", time.perf_counter() - started, ", ".join(map(str, result.paths)))
+        return [Path(path) for path in result.paths]
 
     def _fresh_output_dir(self) -> _LocalPath:
         """Cog uploads a prediction's files before starting the next, so the previous one's can go."""

@@ -10,12 +10,13 @@ that never loaded an adapter.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import settings
 from pipeline.loading.cache import MODEL_CACHE
@@ -184,3 +185,47 @@ def load_adapter(model: LoadedModel, folder: Path | None = None) -> IPAdapter:
 
     with model.lock:  # it swaps the denoiser's processors: never under a running request
         return MODEL_CACHE.get_or_load(key, build)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The identity a request asked for: an adapter and a reference picture, or none at all."""
+
+    adapter: Optional[IPAdapter] = None
+    reference: Optional[ReferenceImage] = None
+    guidance: bool = False  # classifier-free guidance on: SDXL's adapter then takes a negative embedding too
+
+    @contextlib.contextmanager
+    def active(self, scale: float) -> Iterator["Identity"]:
+        """The adapter's processors swapped in for the block (nothing happens without an adapter),
+        the model's own ones back after it, whatever happens inside."""
+        if self.adapter is None:
+            yield self
+            return
+        self.adapter.activate(scale)
+        try:
+            yield self
+        finally:
+            self.adapter.deactivate()
+
+    def pipeline_kwargs(self, batch: int) -> dict[str, Any]:
+        """What a pipeline call for ``batch`` images needs; call inside ``active``."""
+        if self.adapter is None or self.reference is None:
+            return {}
+        return self.adapter.pipeline_kwargs(self.reference, batch, self.guidance)
+
+
+NO_IDENTITY = Identity()
+
+
+def identity_for(model: LoadedModel, reference: Optional[ReferenceImage], scale: float, guidance: bool) -> Identity:
+    """The identity for a request: the model's adapter (loaded on first use) and the reference, or
+    none when there is no reference or its scale is 0."""
+    if reference is None:
+        return NO_IDENTITY
+    if scale <= 0:
+        log.info("ip_adapter_scale is 0: face_image not used")
+        return NO_IDENTITY
+    adapter = load_adapter(model)
+    log.info("IP-Adapter %s: identity from face_image at scale %s", adapter.variant, scale)
+    return Identity(adapter, reference, guidance)

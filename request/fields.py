@@ -1,113 +1,147 @@
-"""Typed, bounded input fields and the one error type a caller's bad value produces.
+"""The field types every request model is declared with, and pydantic's errors as ``InputError``.
 
-Every request option in the service (generation, ADetailer, later IP-Adapter and Flux) is a
-``FieldSpec`` in a table; ``validate_fields`` is the only place values are checked, so every error
-reads the same way: the field, the value, and what is allowed.
+Each input is declared once, as a field of a pydantic model (type, bounds, default, description),
+the way ADetailer declares ``ADetailerArgs``. Pydantic validates; ``parse`` turns its first error
+into an ``InputError`` that names the field, the value and what is allowed, in words built from
+that same declaration, and Cog's ``Input()`` in ``predict.py`` is built from it too (``declared``).
+
+The rules JSON imposes are kept: an integral float is an integer (JSON has no int type), a bool is
+never a number, NaN and infinities are refused, and ``None`` for a field that is not optional means
+"use the default", as Cog sends it.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, TypeVar
+
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, StrictBool, StrictStr, ValidationError
 
 from request.errors import InputError
 
-Number = Union[int, float]
+Model = TypeVar("Model", bound=BaseModel)
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    """Bounds for one input. ``None`` means no bound of that kind."""
-
-    kind: type
-    default: Any = None
-    minimum: Optional[Number] = None
-    maximum: Optional[Number] = None
-    choices: Optional[Sequence[str]] = None
-    multiple_of: Optional[int] = None
-    max_length: Optional[int] = None
-    optional: bool = False
-    description: str = ""
-
-    def rule(self) -> str:
-        """The allowed values in words, used in every error for this field."""
-        if self.choices is not None:
-            return "allowed: " + ", ".join(self.choices)
-        if self.kind is bool:
-            return "allowed: true or false"
-        if self.kind is Path:
-            return "allowed: an image file or URL" + (", or empty" if self.optional else "")
-        parts = []
-        if self.kind is str:
-            parts.append(f"a string of at most {self.max_length} characters")
-        else:
-            if self.kind is int:
-                parts.append(f"an integer from {self.minimum} to {self.maximum}")
-            else:
-                parts.append(f"a number from {self.minimum:g} to {self.maximum:g}")
-            if self.multiple_of:
-                parts.append(f"a multiple of {self.multiple_of}")
-        if self.optional:
-            parts.append("or empty")
-        return "allowed: " + ", ".join(parts)
-
-
-def coerce_field(name: str, spec: FieldSpec, value: Any) -> Any:
-    """Check one value's type and bounds; return it in its canonical type."""
-    if value is None:
-        if spec.optional:
-            return None
-        if spec.default is not None:
-            return spec.default
-        raise InputError(name, value, "this field is required")
-    if spec.kind is bool:
-        if not isinstance(value, bool):
-            raise InputError(name, value, spec.rule())
-        return value
-    if spec.kind is Path:
-        # Cog delivers file inputs as local paths; their content is checked by whoever reads them.
-        if not isinstance(value, (str, os.PathLike)):
-            raise InputError(name, value, spec.rule())
-        return Path(value)
-    if spec.kind is str:
-        if not isinstance(value, str):
-            raise InputError(name, value, "expected a string; " + spec.rule())
-        if spec.choices is not None and value not in spec.choices:
-            raise InputError(name, value, spec.rule())
-        if spec.max_length is not None and len(value) > spec.max_length:
-            raise InputError(name, f"<{len(value)} characters>", spec.rule())
-        return value
-    # JSON has no int/float split, so an integral float is an integer; bools are never numbers.
+def _integral(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(name, value, spec.rule())
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(name, value, spec.rule())
-    if spec.kind is int:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise InputError(name, value, spec.rule())
-            value = int(value)
-    else:
-        value = float(value)
-    if (spec.minimum is not None and value < spec.minimum) or (
-        spec.maximum is not None and value > spec.maximum
-    ):
-        raise InputError(name, value, spec.rule())
-    if spec.multiple_of and value % spec.multiple_of:
-        raise InputError(name, value, spec.rule())
+        raise ValueError("not an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("not an integer")
+        return int(value)
     return value
 
 
-def validate_fields(raw: Mapping[str, Any], specs: Mapping[str, FieldSpec]) -> dict[str, Any]:
-    """Check every field of ``specs`` in ``raw`` (absent means default); refuse unknown keys.
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return float(value)
 
-    Unknown keys are refused rather than ignored: a misspelt option silently doing nothing is the
-    kind of bug this service exists to avoid.
-    """
-    unknown = sorted(set(raw) - set(specs))
-    if unknown:
-        raise InputError(unknown[0], raw[unknown[0]], "unknown input; known: " + ", ".join(specs))
-    return {name: coerce_field(name, spec, raw.get(name, spec.default)) for name, spec in specs.items()}
+
+def _file(value: Any) -> Any:
+    # Cog delivers file inputs as local paths; their content is checked by whoever reads them.
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError("not a file")
+    return Path(value)
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+Number = Annotated[float, BeforeValidator(_number)]
+Text = StrictStr
+Flag = StrictBool
+File = Annotated[Path, BeforeValidator(_file)]
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One field's declaration, read back from its model: what ``Input()`` and the errors use."""
+
+    kind: type  # int, float, str, bool or Path
+    default: Any
+    description: str
+    optional: bool  # None (empty) is a legal value
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    multiple_of: Optional[int] = None
+    max_length: Optional[int] = None
+    choices: Optional[tuple[str, ...]] = None
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """The bare type under ``Optional`` and ``Annotated``, and whether it was optional."""
+    optional = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation, optional = args[0], len(args) < len(typing.get_args(annotation))
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation, optional
+
+
+def declared(model: type[BaseModel], name: str) -> Declared:
+    info = model.model_fields[name]
+    annotation, optional = _unwrap(info.annotation)
+    choices = tuple(typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else None
+    kind = str if choices else annotation
+    bounds: dict[str, Any] = {}
+    for item in info.metadata:
+        if isinstance(item, annotated_types.Ge):
+            bounds["minimum"] = item.ge
+        elif isinstance(item, annotated_types.Le):
+            bounds["maximum"] = item.le
+        elif isinstance(item, annotated_types.MultipleOf):
+            bounds["multiple_of"] = item.multiple_of
+        elif isinstance(item, annotated_types.MaxLen):
+            bounds["max_length"] = item.max_length
+    return Declared(kind=kind, default=info.default, description=info.description or "", optional=optional,
+                    choices=choices, **bounds)
+
+
+def rule(field: Declared) -> str:
+    """The allowed values in words, used in every error for the field."""
+    if field.choices is not None:
+        return "allowed: " + ", ".join(field.choices) + (", or empty" if field.optional else "")
+    if field.kind is bool:
+        return "allowed: true or false"
+    if field.kind is Path:
+        return "allowed: an image file or URL" + (", or empty" if field.optional else "")
+    if field.kind is str:
+        parts = [f"a string of at most {field.max_length} characters"]
+    elif field.kind is int:
+        parts = [f"an integer from {field.minimum} to {field.maximum}"]
+    else:
+        parts = [f"a number from {field.minimum:g} to {field.maximum:g}"]
+    if field.multiple_of:
+        parts.append(f"a multiple of {field.multiple_of}")
+    if field.optional:
+        parts.append("or empty")
+    return "allowed: " + ", ".join(parts)
+
+
+def _input_error(model: type[BaseModel], error: ValidationError) -> InputError:
+    first = error.errors()[0]
+    name, value = str(first["loc"][0]), first.get("input")
+    if first["type"] == "extra_forbidden":
+        return InputError(name, value, "unknown input; known: " + ", ".join(model.model_fields))
+    field = declared(model, name)
+    if first["type"] == "string_too_long":
+        return InputError(name, f"<{len(value)} characters>", rule(field))
+    if first["type"] == "string_type":
+        return InputError(name, value, "expected a string; " + rule(field))
+    return InputError(name, value, rule(field))
+
+
+def parse(model: type[Model], raw: Mapping[str, Any]) -> Model:
+    """Validate ``raw`` (as Cog or a JSON caller passes it) into ``model``, or raise ``InputError``."""
+    values = {name: value for name, value in raw.items()
+              if value is not None or name not in model.model_fields or declared(model, name).optional}
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise _input_error(model, error) from None

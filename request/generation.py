@@ -1,23 +1,22 @@
-"""The request schema: every field's bounds as data, and the one validator that enforces them.
+"""A generation request: every input declared once, as a field of ``GenerationRequest``.
 
 Cog's HTTP server only enforces ``Input(ge=, le=, choices=)`` when the image carries the schema
-written by ``cog build``; run any other way it passes raw JSON through. So the predictor validates
-everything itself, from the same table ``predict.py`` uses to declare its inputs.
+written by ``cog build``; run any other way it passes raw JSON through. So the service validates
+everything itself, from the same declarations ``predict.py`` builds its inputs from, and checks a
+request against its model's spec (``check_model_options``) before anything loads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from presets import PRESET_NAMES
-from request.catalog import MODEL_NAMES, SCHEDULER_NAMES, ModelSpec
+from request.catalog import MODEL_NAMES, MODELS, OUTPUT_FORMATS, SCHEDULER_NAMES, ModelSpec
 from request.errors import InputError
-from request.fields import FieldSpec, validate_fields
+from request.fields import File, Int, Number, Text, parse
 from request.scenes import MAX_SCENES, parse_scenes
-
-__all__ = ["ASPECT_RATIOS", "FIELDS", "GenerationRequest", "InputError", "check_model_options", "parse_request"]
 
 # Replicate's usual aspect ratios, mapped to SDXL's trained ~1 megapixel buckets (multiples of 64).
 ASPECT_RATIOS: Mapping[str, tuple[int, int]] = {
@@ -34,104 +33,48 @@ ASPECT_RATIOS: Mapping[str, tuple[int, int]] = {
     "9:21": (640, 1536),
 }
 CUSTOM_ASPECT = "custom"
-OUTPUT_FORMATS: tuple[str, ...] = ("webp", "jpg", "png")
 
 
-FIELDS: Mapping[str, FieldSpec] = {
-    "model": FieldSpec(
-        str, optional=True, choices=MODEL_NAMES,
-        description="Which model: sdxl, flux-dev or flux-schnell (those the operator has weights for). Empty: the operator's default.",
-    ),
-    "prompt": FieldSpec(
-        str, default="", max_length=10_000,
-        description="What to generate. With scenes: a style added to every scene (may be empty).",
-    ),
-    "negative_prompt": FieldSpec(
-        str, default="", max_length=10_000, description="What to steer away from."
-    ),
-    "preset": FieldSpec(
-        str,
-        default="balanced",
-        choices=PRESET_NAMES,
-        description="Quality preset: sets steps, guidance and IP-Adapter scale.",
-    ),
-    "num_inference_steps": FieldSpec(
-        int, minimum=1, maximum=100, optional=True,
-        description="Denoising steps. Empty: from the preset.",
-    ),
-    "guidance_scale": FieldSpec(
-        float, minimum=0.0, maximum=20.0, optional=True,
-        description="Classifier-free guidance. Empty: from the preset.",
-    ),
-    "aspect_ratio": FieldSpec(
-        str,
-        default="1:1",
-        choices=tuple(ASPECT_RATIOS) + (CUSTOM_ASPECT,),
-        description="Image shape at about one megapixel. 'custom' uses width and height.",
-    ),
-    "width": FieldSpec(
-        int, minimum=64, maximum=2048, multiple_of=8, optional=True,
-        description="Image width; give it with height. Overrides aspect_ratio.",
-    ),
-    "height": FieldSpec(
-        int, minimum=64, maximum=2048, multiple_of=8, optional=True,
-        description="Image height; give it with width. Overrides aspect_ratio.",
-    ),
-    "num_outputs": FieldSpec(int, default=1, minimum=1, maximum=4, description="Images to make."),
-    "seed": FieldSpec(
-        int, minimum=0, maximum=2**32 - 1, optional=True,
-        description="Random seed. Empty: random; the seed used is logged and recorded.",
-    ),
-    "scheduler": FieldSpec(
-        str, default="K_EULER", choices=SCHEDULER_NAMES, description="Sampler."
-    ),
-    "output_format": FieldSpec(
-        str, default="webp", choices=OUTPUT_FORMATS, description="Image file format."
-    ),
-    "output_quality": FieldSpec(
-        int, default=80, minimum=1, maximum=100,
-        description="Quality for webp and jpg (1-100). Ignored for png.",
-    ),
-    "face_image": FieldSpec(
-        Path, optional=True,
-        description="Reference face: keeps this identity in every image (IP-Adapter). Empty: none.",
-    ),
-    "ip_adapter_scale": FieldSpec(
-        float, minimum=0.0, maximum=1.5, optional=True,
-        description="How strongly face_image steers the image. Empty: from the preset.",
-    ),
-    "scenes": FieldSpec(
-        str, default="", max_length=12_000,
-        description=f"Storyboard: one scene per line, up to {MAX_SCENES}. Returns one image per scene and a contact sheet.",
-    ),
-    "character": FieldSpec(
-        str, default="", max_length=2_000,
-        description="Storyboard: the character description, put first in every scene's prompt.",
-    ),
-}
+class GenerationRequest(BaseModel):
+    """The generation inputs. After ``parse_request``, ``width`` and ``height`` hold the resolved size."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A fully validated request: every field has a legal value of the right type."""
+    prompt: Text = Field("", max_length=10_000,
+                         description="What to generate. With scenes: a style added to every scene (may be empty).")
+    model: Optional[Literal[MODEL_NAMES]] = Field(  # type: ignore[valid-type]
+        None, description="Which model: sdxl, flux-dev or flux-schnell (those the operator has weights for). "
+                          "Empty: the operator's default.")
+    negative_prompt: Text = Field("", max_length=10_000, description="What to steer away from.")
+    preset: Literal[PRESET_NAMES] = Field(  # type: ignore[valid-type]
+        "balanced", description="Quality preset: sets steps, guidance and IP-Adapter scale.")
+    num_inference_steps: Optional[Int] = Field(None, ge=1, le=100, description="Denoising steps. Empty: from the preset.")
+    guidance_scale: Optional[Number] = Field(None, ge=0.0, le=20.0, description="Classifier-free guidance. Empty: from the preset.")
+    aspect_ratio: Literal[(*ASPECT_RATIOS, CUSTOM_ASPECT)] = Field(  # type: ignore[valid-type]
+        "1:1", description="Image shape at about one megapixel. 'custom' uses width and height.")
+    width: Optional[Int] = Field(None, ge=64, le=2048, multiple_of=8,
+                                 description="Image width; give it with height. Overrides aspect_ratio.")
+    height: Optional[Int] = Field(None, ge=64, le=2048, multiple_of=8,
+                                  description="Image height; give it with width. Overrides aspect_ratio.")
+    num_outputs: Int = Field(1, ge=1, le=4, description="Images to make.")
+    seed: Optional[Int] = Field(None, ge=0, le=2**32 - 1,
+                                description="Random seed. Empty: random; the seed used is logged and recorded.")
+    scheduler: Literal[SCHEDULER_NAMES] = Field("K_EULER", description="Sampler.")  # type: ignore[valid-type]
+    output_format: Literal[tuple(OUTPUT_FORMATS)] = Field("webp", description="Image file format.")  # type: ignore[valid-type]
+    output_quality: Int = Field(80, ge=1, le=100, description="Quality for webp and jpg (1-100). Ignored for png.")
+    face_image: Optional[File] = Field(
+        None, description="Reference face: keeps this identity in every image (IP-Adapter). Empty: none.")
+    ip_adapter_scale: Optional[Number] = Field(
+        None, ge=0.0, le=1.5, description="How strongly face_image steers the image. Empty: from the preset.")
+    scenes: Text = Field("", max_length=12_000, description=f"Storyboard: one scene per line, up to {MAX_SCENES}. "
+                                                            "Returns one image per scene and a contact sheet.")
+    character: Text = Field("", max_length=2_000,
+                            description="Storyboard: the character description, put first in every scene's prompt.")
 
-    model: Optional[str]
-    prompt: str
-    negative_prompt: str
-    preset: str
-    num_inference_steps: Optional[int]
-    guidance_scale: Optional[float]
-    width: int
-    height: int
-    num_outputs: int
-    seed: Optional[int]
-    scheduler: str
-    output_format: str
-    output_quality: int
-    face_image: Optional[Path]
-    ip_adapter_scale: Optional[float]
-    scenes: tuple[str, ...]
-    character: str
+    @property
+    def scene_list(self) -> tuple[str, ...]:
+        """The storyboard's scenes, one per non-empty line (empty: not a storyboard)."""
+        return tuple(parse_scenes(self.scenes))
 
 
 def _size(aspect_ratio: str, width: Optional[int], height: Optional[int]) -> tuple[int, int]:
@@ -148,23 +91,30 @@ def _size(aspect_ratio: str, width: Optional[int], height: Optional[int]) -> tup
 
 
 def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
-    """Validate a raw input mapping (as Cog passes it) into a ``GenerationRequest``.
+    """Validate a raw input mapping (as Cog passes it) into a ``GenerationRequest`` with its size
+    resolved, or raise ``InputError``. Unknown keys are refused rather than ignored: a misspelt
+    option silently doing nothing is the kind of bug this service exists to avoid."""
+    request = parse(GenerationRequest, raw)
+    scenes = request.scene_list  # refuses more than MAX_SCENES
+    if not request.prompt.strip() and not scenes:
+        raise InputError("prompt", request.prompt, "must not be empty (or give scenes)")
+    if request.character.strip() and not scenes:
+        raise InputError("character", request.character, "only applies with scenes")
+    if request.ip_adapter_scale is not None and request.face_image is None:
+        raise InputError("ip_adapter_scale", request.ip_adapter_scale, "only applies with face_image")
+    if scenes and request.num_outputs != 1:
+        raise InputError("num_outputs", request.num_outputs, "must be 1 with scenes (one image per scene)")
+    width, height = _size(request.aspect_ratio, request.width, request.height)
+    return request.model_copy(update={"width": width, "height": height})
 
-    Unknown keys are refused rather than ignored: a misspelt option silently doing nothing is the
-    kind of bug this service exists to avoid.
-    """
-    values = validate_fields(raw, FIELDS)
-    values["scenes"] = tuple(parse_scenes(values["scenes"]))
-    if not values["prompt"].strip() and not values["scenes"]:
-        raise InputError("prompt", values["prompt"], "must not be empty (or give scenes)")
-    if values["character"].strip() and not values["scenes"]:
-        raise InputError("character", values["character"], "only applies with scenes")
-    if values["ip_adapter_scale"] is not None and values["face_image"] is None:
-        raise InputError("ip_adapter_scale", values["ip_adapter_scale"], "only applies with face_image")
-    if values["scenes"] and values["num_outputs"] != 1:
-        raise InputError("num_outputs", values["num_outputs"], "must be 1 with scenes (one image per scene)")
-    width, height = _size(values.pop("aspect_ratio"), values.pop("width"), values.pop("height"))
-    return GenerationRequest(width=width, height=height, **values)
+
+def requested_model(requested: Optional[str], default: str, available: Sequence[str]) -> ModelSpec:
+    """The spec of the request's model (the default when empty), or ``InputError`` naming the ones
+    available here (those the operator configured weights for)."""
+    name = requested or default
+    if name not in available:
+        raise InputError("model", name, "available here: " + ", ".join(available))
+    return MODELS[name]
 
 
 def check_model_options(request: GenerationRequest, spec: ModelSpec, ad_negative_prompt: str = "") -> None:
@@ -172,10 +122,10 @@ def check_model_options(request: GenerationRequest, spec: ModelSpec, ad_negative
     for name, value in (("negative_prompt", request.negative_prompt), ("ad_negative_prompt", ad_negative_prompt)):
         if value and not spec.negative_prompt:
             raise InputError(name, value, f"not supported by {spec.name}; leave it empty")
-    if request.scheduler != FIELDS["scheduler"].default and not spec.schedulers:
+    default_scheduler = GenerationRequest.model_fields["scheduler"].default
+    if request.scheduler != default_scheduler and not spec.schedulers:
         raise InputError(
-            "scheduler", request.scheduler,
-            f"{spec.name} has one sampler (flow-matching Euler); leave scheduler at {FIELDS['scheduler'].default}",
+            "scheduler", request.scheduler, f"{spec.name} has one sampler (flow-matching Euler); leave scheduler at {default_scheduler}",
         )
     if request.face_image is not None and not spec.ip_adapter:
         raise InputError("face_image", str(request.face_image), f"not supported with {spec.name} yet; use sdxl")

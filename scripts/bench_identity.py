@@ -46,8 +46,9 @@ def main() -> None:
     from PIL import Image
     from skimage import data
 
-    from predict import ALL_FIELDS, Predictor
+    from predict import Predictor
     from presets import PRESET_NAMES
+    from request.inputs import INPUTS
 
     predictor = Predictor()
     predictor.setup(args.weights)
@@ -55,7 +56,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     face = Path(tempfile.mkdtemp()) / "face.png"
     Image.fromarray(data.astronaut()).save(face)
-    defaults = {name: spec.default for name, spec in ALL_FIELDS.items()}
+    defaults = {name: spec.default for name, spec in INPUTS.items()}
 
     def seconds(**inputs: object) -> float:
         sync()

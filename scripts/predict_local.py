@@ -20,14 +20,14 @@ sys.path.insert(0, str(ROOT))
 
 def parse_inputs(pairs: list[str]) -> dict[str, Any]:
     """``name=value`` strings typed by the request schema, as ``cog predict -i`` types them."""
-    from predict import ALL_FIELDS
+    from request.inputs import INPUTS
 
     inputs: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep:
             raise SystemExit(f"-i expects name=value, got {pair!r}")
-        kind = ALL_FIELDS[name].kind if name in ALL_FIELDS else str
+        kind = INPUTS[name].kind if name in INPUTS else str
         try:
             if kind is bool:
                 if text.lower() not in ("true", "false"):
@@ -49,12 +49,13 @@ def main() -> None:
     inputs = parse_inputs(args.input)
     sys.argv = sys.argv[:1]  # our flags are parsed; libraries must not see them
 
-    from predict import ALL_FIELDS, Predictor
+    from predict import Predictor
     from request.errors import InputError
+    from request.inputs import INPUTS
 
     predictor = Predictor()
     predictor.setup(args.weights)
-    defaults = {name: spec.default for name, spec in ALL_FIELDS.items()}
+    defaults = {name: spec.default for name, spec in INPUTS.items()}
     try:
         outputs = predictor.predict(**{**defaults, **inputs})
     except InputError as error:

@@ -1,19 +1,26 @@
-"""One request from validated inputs to finished images: identity, generation (single or
-storyboard), then the ADetailer pass. ``predict.py`` calls only this."""
+"""One prediction, as numbered steps: the table of contents of a request. ``predict.py`` calls only
+``run_request``; each step is a call into the layer that owns it."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
 
+from hardware.backend import Backend
 from pipeline.generate import Batch, generate, pick_seed
-from pipeline.models import LoadedModel
+from pipeline.ip_adapter import Identity, identity_for
+from pipeline.loading.select import select_model
+from pipeline.models import LoadedModel, WeightsSource
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
-from presets import EffectiveSettings
-from request.adetailer import ADetailerArgs
-from request.generation import GenerationRequest
+from presets import EffectiveSettings, resolve
+from request.adetailer import ADetailerArgs, parse_adetailer_args
+from request.generation import GenerationRequest, check_model_options, parse_request, requested_model
+from request.inputs import split_inputs
+from request.reference_image import load_reference_image
+from service.outputs import save_images
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,7 @@ class JobResult:
     steps: int
     sheet: Optional[Any] = None
     timings: dict[str, float] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
 
     def outputs(self) -> tuple[list[Any], Optional[list[str]]]:
         """Images to save and their file names (None: ``out-<i>``); a storyboard ends with its sheet."""
@@ -48,68 +56,56 @@ class JobResult:
         return values
 
 
-def _free_gpu_bytes(device: str) -> Optional[int]:
-    if device != "cuda":
-        return None
-    import torch
+def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str],
+                out_dir: Path) -> JobResult:
+    # 1. Validate everything first: nothing loads, downloads or evicts for a request that is refused.
+    generation_inputs, adetailer_inputs = split_inputs(raw)
+    request = parse_request(generation_inputs)
+    ad_args = parse_adetailer_args(adetailer_inputs)
+    spec = requested_model(request.model, default.model, available)
+    check_model_options(request, spec, ad_args.ad_negative_prompt)
+    reference = load_reference_image(request.face_image) if request.face_image is not None else None
 
-    return torch.cuda.mem_get_info()[0]
+    # 2. Resolve the preset with the request's overrides.
+    settings = resolve(spec.name, request.preset, request.num_inference_steps, request.guidance_scale,
+                       request.ip_adapter_scale)
 
+    # 3. Select the model, loading it on first use.
+    model = select_model(spec.name, default, backend)
 
-def run_job(
-    model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, ad_args: ADetailerArgs
-) -> JobResult:
+    # 4. Identity: the IP-Adapter, loaded on first use, when a face is given.
+    identity = identity_for(model, reference, settings.ip_adapter_scale, guidance=settings.guidance_scale > 1)
+
     seed = pick_seed(request.seed)
     log.info("Using seed: %d", seed)
-    adapter = None
-    adapter_kwargs = lambda size: {}  # noqa: E731
-    if request.face_image is not None and settings.ip_adapter_scale > 0:
-        from pipeline.ip_adapter import load_adapter
-        from request.reference_image import load_reference_image
-
-        reference = load_reference_image(request.face_image)
-        adapter = load_adapter(model)
-        guidance = settings.guidance_scale > 1
-        adapter_kwargs = lambda size: adapter.pipeline_kwargs(reference, size, guidance)  # noqa: E731
-        log.info("IP-Adapter %s: identity from face_image at scale %s", adapter.variant, settings.ip_adapter_scale)
-    elif request.face_image is not None:
-        log.info("ip_adapter_scale is 0: face_image not used")
-
     with model.lock:  # nothing else may change this pipeline while the request runs on it
+        # 5. Generate: one batch, or a storyboard's scenes.
         started = time.perf_counter()
-        try:
-            if adapter is not None:
-                adapter.activate(settings.ip_adapter_scale)
-            if request.scenes:
-                prompts = scene_prompts(request.scenes, request.character, request.prompt)
-                images = _storyboard(model, device, request, settings, prompts, seed, adapter_kwargs)
-            else:
-                prompts = [request.prompt] * request.num_outputs
-                batch = Batch([request.prompt], request.num_outputs, seed)
-                images = generate(model, batch, request, settings, adapter_kwargs(batch.size)).images
-        finally:
-            if adapter is not None:
-                adapter.deactivate()
-        generation_seconds = time.perf_counter() - started
-        result = JobResult(images, prompts, seed, generation_seconds, settings.num_inference_steps)
+        with identity.active(settings.ip_adapter_scale):
+            images, prompts = _generate(model, backend.device, request, settings, seed, identity)
+        result = JobResult(images, prompts, seed, time.perf_counter() - started, settings.num_inference_steps)
 
+        # 6. Fix faces and hands, only when the request asks for it.
         if not ad_args.need_skip():
-            from adetailer.runner import run_adetailer  # imported only when asked for
+            result.images = _fix_details(model, result, ad_args, request, settings)
 
-            ad_started = time.perf_counter()
-            result.images = run_adetailer(model, result.images, ad_args, prompts, request.negative_prompt, settings, seed,
-                                          request.scheduler)
-            result.timings["adetailer_seconds"] = time.perf_counter() - ad_started
-    if request.scenes:
+    # 7. Outputs: a storyboard's contact sheet, then the files.
+    if request.scene_list:
         result.sheet = contact_sheet(result.images)
+    images, names = result.outputs()
+    result.paths = save_images(images, out_dir, request.output_format, request.output_quality, names)
     return result
 
 
-def _storyboard(
-    model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings,
-    prompts: list[str], seed: int, adapter_kwargs: Any,
-) -> list[Any]:
-    """Scene ``i`` uses ``seed + i`` (as image ``i`` of any batch does), so a scene can be redone alone."""
+def _generate(model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, seed: int,
+              identity: Identity) -> tuple[list[Any], list[str]]:
+    """The images and the prompt that made each. Image ``i`` of a batch, and scene ``i`` of a
+    storyboard, uses ``seed + i``, so any one can be redone alone."""
+    if not request.scene_list:
+        batch = Batch([request.prompt], request.num_outputs, seed)
+        images = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size)).images
+        return images, [request.prompt] * request.num_outputs
+    prompts = scene_prompts(request.scene_list, request.character, request.prompt)
     size = storyboard_batch_size(device, _free_gpu_bytes(device), request.width, request.height, len(prompts))
     log.info("storyboard: %d scenes in batches of %d", len(prompts), size)
     started = time.perf_counter()
@@ -117,6 +113,25 @@ def _storyboard(
     for chunk in batches(len(prompts), size):
         label = f"scene {chunk.start + 1}" if len(chunk) == 1 else f"scenes {chunk.start + 1}-{chunk.stop}"
         batch = Batch([prompts[i] for i in chunk], 1, seed + chunk.start, label)
-        images += generate(model, batch, request, settings, adapter_kwargs(batch.size)).images
+        images += generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size)).images
     log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
+    return images, prompts
+
+
+def _fix_details(model: LoadedModel, result: JobResult, ad_args: ADetailerArgs, request: GenerationRequest,
+                 settings: EffectiveSettings) -> list[Any]:
+    from adetailer.runner import run_adetailer  # imported only when a request asks for it
+
+    started = time.perf_counter()
+    images = run_adetailer(model, result.images, ad_args, result.prompts, request.negative_prompt, settings, result.seed,
+                           request.scheduler)
+    result.timings["adetailer_seconds"] = time.perf_counter() - started
     return images
+
+
+def _free_gpu_bytes(device: str) -> Optional[int]:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.mem_get_info()[0]

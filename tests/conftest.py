@@ -60,10 +60,9 @@ def predictor(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def predict_inputs(**overrides: object) -> dict:
     """Every input at its declared default, as Cog passes them, with ``overrides`` applied."""
-    from request.adetailer import AD_FIELDS
-    from request.generation import FIELDS
+    from request.inputs import INPUTS
 
-    inputs = {name: spec.default for name, spec in {**FIELDS, **AD_FIELDS}.items()}
+    inputs = {name: spec.default for name, spec in INPUTS.items()}
     inputs.update(prompt="a red bicycle", width=64, height=64, seed=1, num_inference_steps=3)
     inputs.update(overrides)
     return inputs

@@ -17,7 +17,7 @@ from adetailer.mask import (
     merge,
     sort_by_area,
 )
-from request.adetailer import AD_FIELDS, parse_adetailer_args
+from request.adetailer import ADetailerArgs, parse_adetailer_args
 from request.errors import InputError
 
 
@@ -61,7 +61,7 @@ def test_unknown_and_inconsistent_options_are_refused() -> None:
         args(ad_model="face_yolov8n.pt")
     with pytest.raises(InputError, match="ad_mask_min_ratio.*must not exceed ad_mask_max_ratio"):
         args(ad_mask_min_ratio=0.5, ad_mask_max_ratio=0.2)
-    assert set(AD_FIELDS) >= {"ad_confidence", "ad_mask_k_largest", "ad_inpaint_only_masked_padding"}
+    assert set(ADetailerArgs.model_fields) >= {"ad_confidence", "ad_mask_k_largest", "ad_inpaint_only_masked_padding"}
 
 
 def detections(*boxes: tuple[int, int, int, int], size=(100, 100)) -> Detections:

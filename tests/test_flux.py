@@ -82,7 +82,7 @@ def test_options_flux_cannot_honour_are_refused(multi, overrides: dict, field: s
 
 
 def test_an_unavailable_model_is_refused_with_the_available_ones(multi) -> None:
-    from pipeline.loading.select import requested_model
+    from request.generation import requested_model
 
     with pytest.raises(InputError, match="model='flux-dev'.*available here: sdxl"):
         requested_model("flux-dev", "sdxl", ("sdxl",))

@@ -2,14 +2,13 @@
 
 from pathlib import Path
 
-from request.adetailer import AD_FIELDS
-from request.generation import FIELDS
+from request.inputs import INPUTS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_readme_lists_every_input() -> None:
-    for name in {**FIELDS, **AD_FIELDS}:
+    for name in INPUTS:
         assert f"`{name}`" in README, name
 
 

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from request.errors import InputError
-from request.generation import ASPECT_RATIOS, FIELDS, parse_request
+from request.generation import ASPECT_RATIOS, parse_request
+from request.inputs import INPUTS
 
 
 def raw(**overrides: object) -> dict:
@@ -59,7 +60,7 @@ def test_bad_values_name_field_value_and_rule(field: str, value: object, words: 
 def test_missing_prompt_is_required_without_scenes() -> None:
     with pytest.raises(InputError, match="prompt.*must not be empty"):
         parse_request({})
-    assert parse_request({"scenes": "a harbour\n\n a market "}).scenes == ("a harbour", "a market")
+    assert parse_request({"scenes": "a harbour\n\n a market "}).scene_list == ("a harbour", "a market")
 
 
 @pytest.mark.parametrize(
@@ -115,19 +116,26 @@ def test_aspect_ratios_are_sdxl_buckets(ratio: str) -> None:
     assert abs(request.width / request.height - w / h) < 0.12
 
 
-def test_cog_inputs_are_declared_from_the_same_table() -> None:
-    """predict.py's Input(ge, le, choices, default) must be the bounds the validator enforces."""
+def test_cog_inputs_are_the_request_models_fields() -> None:
+    """predict()'s explicit signature is pinned to the declarations: every field of the request
+    models, its Python type, and Input(default, ge, le, choices, description) as declared."""
+    import typing
+
     from predict import Predictor
-    from request.adetailer import AD_FIELDS
 
     parameters = inspect.signature(Predictor.predict).parameters
-    tables = {**FIELDS, **AD_FIELDS}
-    assert set(parameters) - {"self"} == set(tables)
-    for name, spec in tables.items():
+    hints = typing.get_type_hints(Predictor.predict)
+    assert list(parameters)[1:] == list(INPUTS)
+    for name, spec in INPUTS.items():
         info = parameters[name].default
         assert (info.default, info.ge, info.le) == (spec.default, spec.minimum, spec.maximum), name
         assert info.choices == (list(spec.choices) if spec.choices else None), name
-        assert info.description, name
+        assert info.max_length == spec.max_length and info.description == spec.description, name
+        kind, optional = hints[name], False
+        if typing.get_origin(kind) is typing.Union:
+            kind, optional = next(arg for arg in typing.get_args(kind) if arg is not type(None)), True
+        assert optional == spec.optional, name
+        assert kind.__name__ == spec.kind.__name__, name  # cog's Path is a pathlib.Path
 
 
 @pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # predict()/BasePredictor, kept on purpose
@@ -135,7 +143,5 @@ def test_cogs_own_inspector_accepts_the_predictor() -> None:
     """What `cog build` runs to write the schema: every input's type, default and bounds must pass it."""
     from cog._inspector import create_predictor
 
-    from request.adetailer import AD_FIELDS
-
     info = create_predictor("predict", "Predictor")
-    assert set(info.inputs) == set(FIELDS) | set(AD_FIELDS)
+    assert set(info.inputs) == set(INPUTS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import settings
 from hardware.backend import Backend
@@ -13,8 +13,7 @@ from pipeline.loading.weights import configured_weights, resolve_weights
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.speed.apply import apply_speedups
 from pipeline.speed.settings import speed_for_model
-from request.catalog import MODELS, ModelSpec
-from request.errors import InputError
+from request.catalog import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +87,8 @@ def load_model(name: str, backend: Backend, explicit_weights: Optional[str] = No
     return load_source(resolve_weights(configured_weights(explicit_weights, name), model=name), backend)
 
 
-def requested_model(requested: Optional[str], default: str, available: Sequence[str]) -> ModelSpec:
-    """The spec of the request's model (the default when empty), or ``InputError`` naming the ones
-    available here. Loads nothing: a request is refused before anything is loaded or evicted."""
-    name = requested or default
-    if name not in available:
-        raise InputError("model", name, "available here: " + ", ".join(available))
-    return MODELS[name]
-
-
 def select_model(name: str, default: WeightsSource, backend: Backend) -> LoadedModel:
-    """Model ``name`` (checked by ``requested_model``), loading it on first use."""
+    """Model ``name`` (checked by ``request.generation.requested_model``), loading it on first use."""
     if name == default.model:
         return load_source(default, backend)
     return load_model(name, backend)
