@@ -117,7 +117,7 @@ class MediapipeHandDetector:
         with self._lock:
             result = self._solution.process(to_rgb_array(image))
         width, height = image.size
-        hands = zip(result.multi_hand_landmarks or [], result.multi_handedness or [])
+        hands = zip(result.multi_hand_landmarks or [], result.multi_handedness or [], strict=True)
         candidates = [
             (hand_box(landmarks, width, height), handedness.classification[0].score)
             for landmarks, handedness in hands

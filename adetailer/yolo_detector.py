@@ -104,7 +104,7 @@ class YoloDetector:
         boxes: list[Box] = []
         masks: list[Image.Image] = []
         kept: list[float] = []
-        for index, (coords, score) in enumerate(zip(xyxy, scores)):
+        for index, (coords, score) in enumerate(zip(xyxy, scores, strict=True)):
             box = clip_box(*coords, size)
             if box is None or score < confidence:
                 continue

@@ -1,0 +1,1 @@
+"""The machine: device and precision (``backend``) and the memory/precision profile (``profiles``)."""

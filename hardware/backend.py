@@ -21,10 +21,8 @@ class Backend:
 
     device: str
     dtype_name: str
-    attention: str
     tf32: bool
-    bitsandbytes: str
-    xformers: str
+    bitsandbytes: str  # installed and usable here, or why not (quantizing profiles need it)
     profile: Optional[Profile] = None  # memory/precision settings; None: plain defaults for the device
 
     @property
@@ -40,9 +38,8 @@ class Backend:
 
     def describe(self) -> str:
         return (
-            f"backend: device {self.device}, {self.dtype_name}, attention {self.attention}, "
-            f"TF32 {'on' if self.tf32 else 'off'}; bitsandbytes {self.bitsandbytes}; "
-            f"xformers {self.xformers}"
+            f"backend: device {self.device}, {self.dtype_name}, attention PyTorch SDPA, "
+            f"TF32 {'on' if self.tf32 else 'off'}; bitsandbytes {self.bitsandbytes}"
         )
 
 
@@ -75,10 +72,8 @@ def configure_backend(packages: Mapping[str, Optional[str]]) -> Backend:
     backend = Backend(
         device=device,
         dtype_name=dtype_name,
-        attention="sdpa",
         tf32=tf32,
         bitsandbytes=_usability(packages.get("bitsandbytes"), cuda, why_not),
-        xformers=_usability(packages.get("xformers"), cuda, why_not),
     )
     log.info(backend.describe())
     usable = cuda and packages.get("bitsandbytes") is not None

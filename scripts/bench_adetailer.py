@@ -61,7 +61,8 @@ def main() -> None:
     service = run_startup(args.weights)
     model = service.model
     sync = torch.cuda.synchronize if service.backend.device == "cuda" else (lambda: None)
-    request = parse_request({"prompt": "a portrait photo of an astronaut", "width": args.size, "height": args.size, "seed": 1, "preset": args.preset})
+    request = parse_request({"prompt": "a portrait photo of an astronaut", "width": args.size, "height": args.size, "seed": 1,
+                             "preset": args.preset})
     settings = resolve("sdxl", args.preset)
     portrait = Image.fromarray(data.astronaut()).resize((args.size, args.size), Image.LANCZOS)
     ad_args = parse_adetailer_args({"adetailer": True})

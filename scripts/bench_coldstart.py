@@ -210,7 +210,8 @@ def markdown(results: list[dict[str, Any]], device: str) -> str:
         )
     variants = [key[len("service_ready_s["):-1] for key in results[0]["medians"] if key.startswith("service_ready_s[")]
     if variants:
-        lines += ["", "| page cache | variant | service to READY | its load stage | this service / variant |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "| page cache | variant | service to READY | its load stage | this service / variant |",
+                  "| --- | --- | --- | --- | --- |"]
         for result in results:
             m = result["medians"]
             for variant in variants:
@@ -280,7 +281,8 @@ def main() -> None:
     table = markdown(results, device)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "coldstart" if args.model == "sdxl" else f"coldstart-{args.model}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"device": device, "model": args.model, "weights": str(args.weights), "results": results}, indent=2))
+    record = {"device": device, "model": args.model, "weights": str(args.weights), "results": results}
+    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2))
     (args.out / f"{stem}.md").write_text(table)
     print(table)
     print(f"wrote {args.out / (stem + '.json')} and {args.out / (stem + '.md')}")

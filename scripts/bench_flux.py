@@ -138,7 +138,8 @@ def main() -> None:
         lines.append(f"| {r['mode']} | {r['profile']} | {r['load_s']:.2f} | {cells} | {max(peaks) if peaks else float('nan'):.1f} |")
     if switch_result:
         lines += ["", f"SDXL -> Flux switch with both resident: {switch_result['switch_cost_s']:.3f} s "
-                      f"(Flux 1-step request after SDXL {switch_result['flux_after_sdxl_s']:.3f} s, after Flux {switch_result['flux_after_flux_s']:.3f} s)"]
+                      f"(Flux 1-step request after SDXL {switch_result['flux_after_sdxl_s']:.3f} s, "
+                      f"after Flux {switch_result['flux_after_flux_s']:.3f} s)"]
     table = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "flux.json").write_text(json.dumps({"device": device, "results": results, "switch": switch_result}, indent=2))

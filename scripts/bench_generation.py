@@ -176,7 +176,8 @@ def write_results(args: argparse.Namespace, device_name: str, rows: list[dict[st
         lines.append(f"| {r['model']} | {r['variant']} | {r['width']}x{r['height']} | {r['steps']} | {r['plain_median_s']:.3f} | "
                      f"{r['service_median_s']:.3f} | {r['speedup']:.2f}x | {r['service_it_per_s']:.1f} | "
                      f"{r['plain_first_s']:.2f} / {r['service_first_s']:.2f} | "
-                     f"{r['plain_peak_gb']:.1f} / {r['service_peak_gb']:.1f} | {r['max_abs_pixel_diff']} / {r['mean_abs_pixel_diff']:.2f} | "
+                     f"{r['plain_peak_gb']:.1f} / {r['service_peak_gb']:.1f} | "
+                     f"{r['max_abs_pixel_diff']} / {r['mean_abs_pixel_diff']:.2f} | "
                      f"{'–' if r['host_syncs_per_image'] is None else r['host_syncs_per_image']} |")
     defaults = next((r for r in rows if r["variant"] == "defaults" and "speed" in r), None)
     if defaults:
@@ -233,7 +234,7 @@ def main() -> None:
                            generator=torch.Generator("cpu").manual_seed(args.seed)).images[0]
         times, image, first = timed_runs(run, args.runs, sync)
         plain[(width, height, steps)] = {"times": times, "image": np.asarray(image).astype(int), "peak_gb": peak_gb(), "first_s": first}
-    del pipe
+    pipe = None  # plain diffusers' copy goes before the service loads its own
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()

@@ -117,7 +117,7 @@ def main() -> None:
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     rows = []
-    for a, b in zip(cold, restored):
+    for a, b in zip(cold, restored, strict=True):
         rows.append({
             "case": a["case"], "cold_first_call_s": a["first_call_s"], "restored_first_call_s": b["first_call_s"],
             "ratio": b["first_call_s"] / a["first_call_s"], "cold_cache_misses": a["cache_misses"],

@@ -30,7 +30,7 @@ def bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
 def main(bpe_gz: Path, out_dir: Path) -> None:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# README command 2 and CI: set up, run the cold-start benchmark's CI job (tiny weights, CPU: prints
+# README command 2 and CI: set up, check the code (ruff; lint-imports: the one-way layers and no
+# import cycles, from .importlinter), run the cold-start benchmark's CI job (tiny weights, CPU: prints
 # the stage table, writes bench_results/coldstart.json, fails if a stage is missing; never judges a
 # time), the speed switches' interplay pass, then the whole test suite (tiny weights, CPU, the real
 # Cog server).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
+"$VENV/bin/ruff" check .
+"$VENV/bin/lint-imports"
 "$PYTHON" scripts/bench_coldstart.py --ci 2> >(grep -v -e "Writing model shards" -e "should be kept in float32" >&2)
 if [ $# -eq 0 ]; then
   # The speed switches are off on the CPU by default; run the paths they touch (server, Flux,

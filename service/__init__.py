@@ -1,0 +1,1 @@
+"""One prediction from raw inputs to files (``job``), the layer ``predict.py`` calls."""

@@ -28,11 +28,13 @@ def args(**overrides: object):
 def test_defaults_match_the_extension_and_are_off() -> None:
     a = args()
     assert a.adetailer is False and a.need_skip() and a.passes() == ()
-    assert (a.ad_confidence, a.ad_dilate_erode, a.ad_mask_blur, a.ad_denoising_strength, a.ad_inpaint_only_masked_padding) == (0.3, 4, 4, 0.4, 32)
+    defaults = (a.ad_confidence, a.ad_dilate_erode, a.ad_mask_blur, a.ad_denoising_strength, a.ad_inpaint_only_masked_padding)
+    assert defaults == (0.3, 4, 4, 0.4, 32)
     assert a.ad_mask_k_largest == 0 and a.ad_steps is None and a.ad_cfg_scale is None
 
 
-@pytest.mark.parametrize("options", [{}, {"adetailer_face": True}, {"ad_confidence": 0.9, "adetailer_hands": True}, {"ad_prompt": "a face"}])
+@pytest.mark.parametrize("options", [{}, {"adetailer_face": True}, {"ad_confidence": 0.9, "adetailer_hands": True},
+                                     {"ad_prompt": "a face"}])
 def test_only_the_explicit_flag_turns_it_on(options: dict) -> None:
     """The bug this replaces: empty or partial options ran the fixer."""
     assert args(**options).need_skip()

@@ -72,7 +72,8 @@ def test_hands_pass_runs(predictor, caplog) -> None:
 
     photo = Image.open(ASSETS / "zidane.jpg").convert("RGB")
     with caplog.at_level(logging.INFO):
-        (out,) = run_adetailer(predictor.service.model, [photo], ad(adetailer_face=False, adetailer_hands=True), ["two men"], "", resolve("sdxl", "fast"), seed=2)
+        (out,) = run_adetailer(predictor.service.model, [photo], ad(adetailer_face=False, adetailer_hands=True), ["two men"], "",
+                               resolve("sdxl", "fast"), seed=2)
     assert out.size == photo.size
     assert "ADetailer hands: " in caplog.text
 
@@ -106,7 +107,7 @@ def test_adetailer_off_imports_and_builds_nothing(tiny_weights: Path, tmp_path: 
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, env=dict(os.environ, STARTUP_TIMINGS_PATH=str(tmp_path / "t.json")))
     assert result.returncode == 0, result.stderr
-    line = [l for l in result.stdout.splitlines() if l.startswith("LOADED")][0]
+    line = [text for text in result.stdout.splitlines() if text.startswith("LOADED")][0]
     assert line.startswith("LOADED [] CACHE ['sdxl:"), line
     assert "ADetailer" not in result.stderr
 

@@ -22,7 +22,7 @@ def test_compile_is_armed_at_load_and_nothing_compiles_there(tiny_weights: Path,
     from pipeline.loading.select import with_speedups
     from pipeline.loading.weights import resolve_weights
 
-    cpu = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
+    cpu = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")
     monkeypatch.setenv("SPEED_COMPILE", "regional")
     monkeypatch.setenv("COMPILE_CACHE_DIR", str(tmp_path))
     frames_before = counters["stats"]["unique_graphs"]

@@ -53,7 +53,7 @@ def assert_well_formed(found: Detections, size: tuple[int, int], backend: str) -
     their box (a filled box, or a segment within it)."""
     assert isinstance(found, Detections) and found.backend == backend
     assert len(found.boxes) == len(found.masks) == len(found.scores) == len(found)
-    for (x1, y1, x2, y2), mask, score in zip(found.boxes, found.masks, found.scores):
+    for (x1, y1, x2, y2), mask, score in zip(found.boxes, found.masks, found.scores, strict=True):
         assert all(isinstance(v, int) for v in (x1, y1, x2, y2)) and isinstance(score, float)
         assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
         assert mask.mode == "L" and mask.size == size
@@ -165,7 +165,7 @@ def test_yolo_box_model(yolo_folder: Path) -> None:
     assert_well_formed(found, image.size, "face_yolov8n")
     assert len(found) > 0  # seeded random weights score some boxes above 0.0001 on this photo
     assert all(score >= 0.0001 for score in found.scores)
-    assert all(is_filled_box(mask, box) for mask, box in zip(found.masks, found.boxes))
+    assert all(is_filled_box(mask, box) for mask, box in zip(found.masks, found.boxes, strict=True))
 
 
 def test_yolo_segmentation_model(yolo_folder: Path) -> None:
@@ -175,7 +175,7 @@ def test_yolo_segmentation_model(yolo_folder: Path) -> None:
     found = detector.detect(image, 0.0001)
     assert_well_formed(found, image.size, "person_yolov8n-seg")
     assert len(found) > 0  # seeded random weights score some segments above 0.0001 on this photo
-    assert not all(is_filled_box(mask, box) for mask, box in zip(found.masks, found.boxes))
+    assert not all(is_filled_box(mask, box) for mask, box in zip(found.masks, found.boxes, strict=True))
 
 
 def test_yolo_masks_come_from_segments_and_are_resized() -> None:

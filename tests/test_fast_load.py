@@ -3,6 +3,7 @@ libraries' own loading, on both the direct and the staged (GPU-shaped) copy path
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from hardware.backend import Backend
 from pipeline.loading.component_build import build_components, fast_load_enabled, model_components, stream_files, streamed_components
 from pipeline.loading.stream import StreamError, WeightStream, plan_chunks, read_header
 
-CPU = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
+CPU = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")
 
 
 @pytest.fixture()
@@ -77,7 +78,7 @@ def test_chunk_plan_covers_every_byte_once(mixed_file: Path) -> None:
     covered = sorted((p.start, p.end) for p in pieces)
     data = [(e.start, e.end) for e in entries if e.end > e.start]
     assert covered[0][0] == data[0][0] and covered[-1][1] == data[-1][1]
-    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))  # contiguous, no overlap
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))  # contiguous, no overlap
     assert all(sum(p.end - p.start for p in chunk) <= 16 for chunk in chunks)
 
 

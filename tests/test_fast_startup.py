@@ -43,7 +43,7 @@ def test_device_init_creates_a_cuda_context_only_for_cuda(monkeypatch: pytest.Mo
 
     calls = []
     monkeypatch.setattr(torch, "empty", lambda *args, **kwargs: calls.append(kwargs.get("device")))
-    make = lambda device: Backend(device=device, dtype_name="float16", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")  # noqa: E731
+    make = lambda device: Backend(device=device, dtype_name="float16", tf32=False, bitsandbytes="-")  # noqa: E731
     start_device_init(make("cpu")).join()
     assert calls == []
     start_device_init(make("cuda")).join()
@@ -74,10 +74,10 @@ def test_cuda_loads_place_weights_with_device_map_and_skip_the_copy(tiny_weights
         return FakePipe()
 
     monkeypatch.setattr(diffusers.StableDiffusionXLPipeline, "from_pretrained", staticmethod(from_pretrained))
-    cuda = Backend(device="cuda", dtype_name="float16", attention="sdpa", tf32=True, bitsandbytes="-", xformers="-")
+    cuda = Backend(device="cuda", dtype_name="float16", tf32=True, bitsandbytes="-")
     load_sdxl(resolve_weights(str(tiny_weights)), cuda)
     assert seen["device_map"] == "cuda" and "to" not in seen
-    cpu = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
+    cpu = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")
     seen.clear()
     load_sdxl(resolve_weights(str(tiny_weights)), cpu)
     assert seen["device_map"] is None and seen["to"] == "cpu"

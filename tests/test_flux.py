@@ -41,8 +41,10 @@ def test_available_models_are_listed_at_setup(multi) -> None:
 
 def test_flux_dev_generates_with_its_presets(multi, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        first = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5, output_format="png")))
-    again = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5, output_format="png")))
+        first = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5,
+                                                      output_format="png")))
+    again = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5,
+                                                  output_format="png")))
     other = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=2, seed=6, output_format="png")))
     assert first.shape == (64, 64, 3) and np.array_equal(first, again) and not np.array_equal(first, other)
     assert "preset ultra_fast: 12 steps, guidance 3.5" in caplog.text
@@ -164,7 +166,8 @@ def test_components_shared_on_disk_are_loaded_once(multi, flux_weights, tmp_path
     schnell_dir = tmp_path / "flux-schnell-shared"
     schnell_dir.mkdir()
     for entry in flux_weights["flux-schnell"].iterdir():
-        target = flux_weights["flux-dev"] / entry.name if entry.name in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae") else entry
+        shared = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+        target = flux_weights["flux-dev"] / entry.name if entry.name in shared else entry
         (schnell_dir / entry.name).symlink_to(target)
     os.environ["FLUX_SCHNELL_WEIGHTS"] = str(schnell_dir)
     try:

@@ -81,7 +81,8 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
     plain_images = images(load(FAST_LOAD="0", SPEED_FUSE_QKV="0", SPEED_CHANNELS_LAST="0", SPEED_CUDA_GRAPHS="0",
                                SPEED_VAE_DECODE="exact"))
     compiled_images = images(load(SPEED_COMPILE="regional"))  # compiled blocks inside the graphs
-    for graphed_image, eager_image, plain_image, compiled_image in zip(fast_images, eager_images, plain_images, compiled_images):
+    every = zip(fast_images, eager_images, plain_images, compiled_images, strict=True)
+    for graphed_image, eager_image, plain_image, compiled_image in every:
         assert np.abs(graphed_image - eager_image).max() <= 2
         assert np.abs(compiled_image - graphed_image).mean() < 3
         # fp16/bf16 rounding of fused GEMMs, and SDXL's bf16 decode against fp32

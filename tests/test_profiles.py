@@ -43,7 +43,8 @@ def test_overrides_and_forced_profile() -> None:
     forced = choose_profile("cuda", 80.0, True, True, env={"HW_PROFILE": "8gb"})
     assert forced.name == "8gb" and "forced by HW_PROFILE" in forced.reason
     for env, words in (({"HW_PROFILE": "4gb"}, "allowed"), ({"HW_OFFLOAD": "disk"}, "allowed none, model, sequential"),
-                       ({"HW_T5_QUANTIZATION": "fp8"}, "allowed none, int8, nf4"), ({"HW_VAE_SLICING": "maybe"}, "allowed 1/true/yes/on or 0/false/no/off")):
+                       ({"HW_T5_QUANTIZATION": "fp8"}, "allowed none, int8, nf4"),
+                       ({"HW_VAE_SLICING": "maybe"}, "allowed 1/true/yes/on or 0/false/no/off")):
         with pytest.raises(ValueError, match=words):
             choose_profile("cuda", 80.0, True, True, env=env)
 

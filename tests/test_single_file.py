@@ -18,7 +18,7 @@ from pipeline.loading.weights import resolve_weights
 from scripts.ldm_checkpoint import CLIP_L_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, diffusers_to_ldm_sdxl
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-CPU = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
+CPU = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")
 
 
 def test_single_file_checkpoint_loads_exactly_through_the_service_loader(tiny_weights: Path, tmp_path: Path) -> None:

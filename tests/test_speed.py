@@ -14,7 +14,7 @@ from hardware.backend import Backend
 from pipeline.speed.cuda_graphs import GraphedDenoiser, eager_capture, graph_runner, graphed
 from pipeline.speed.settings import SpeedSettings, speed_settings
 
-CPU = Backend(device="cpu", dtype_name="float32", attention="sdpa", tf32=False, bitsandbytes="-", xformers="-")
+CPU = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")
 
 
 def test_every_switch_is_off_on_cpu_and_from_data_on_cuda() -> None:
@@ -170,7 +170,7 @@ def test_graph_replayed_denoiser_makes_the_same_image(tiny_weights: Path, flux_w
     plain = [image(model, seed) for seed in (5, 6)]
     model.graphs = graph_runner(model.pipe, capture=eager_capture)
     graphed_images = [image(model, seed) for seed in (5, 6)]
-    assert all(np.array_equal(a, b) for a, b in zip(plain, graphed_images))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, graphed_images, strict=True))
     (captured,) = model.graphs.graphs.values()
     assert captured.verified and not model.graphs.eager
 

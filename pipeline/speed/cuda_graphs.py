@@ -88,7 +88,7 @@ def eager_capture(run: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
     output = run()
 
     def replay() -> None:
-        for static, fresh in zip(pytree.tree_leaves(output), pytree.tree_leaves(run())):
+        for static, fresh in zip(pytree.tree_leaves(output), pytree.tree_leaves(run()), strict=True):
             static.copy_(fresh)
 
     return replay, output
@@ -106,7 +106,7 @@ def _close(expected: Any, actual: Any) -> bool:
     import torch
     import torch.utils._pytree as pytree
 
-    for a, b in zip(pytree.tree_leaves(expected), pytree.tree_leaves(actual)):
+    for a, b in zip(pytree.tree_leaves(expected), pytree.tree_leaves(actual), strict=True):
         if isinstance(a, torch.Tensor):
             a, b = a.float(), b.float()
             scale = a.abs().max().clamp(min=1.0)
@@ -140,7 +140,7 @@ class GraphedDenoiser:
                 return self.forward(*args, **kwargs)
         else:
             self.graphs.move_to_end(key)
-            for static, leaf in zip(captured.inputs, leaves):
+            for static, leaf in zip(captured.inputs, leaves, strict=True):
                 if isinstance(leaf, torch.Tensor):
                     static.copy_(leaf)
             captured.replay()
