@@ -112,9 +112,9 @@ def run_adetailer(
     native = model.pipe.default_sample_size * model.pipe.vae_scale_factor  # 1024 for SDXL and Flux
     fixed = []
     for index, image in enumerate(images):
-        settings = inpaint_settings(args, prompts[index], negative_prompt, preset, native, model.spec.size_multiple)
+        options = inpaint_settings(args, prompts[index], negative_prompt, preset, native, model.spec.size_multiple)
         for pass_name in args.passes():
-            image = _run_pass(pass_name, pipe, image, args, settings, seed + index)
+            image = _run_pass(pass_name, pipe, image, args, options, seed + index)
         fixed.append(image)
     return fixed
 

@@ -18,7 +18,6 @@ from request.catalog import MODELS
 log = logging.getLogger(__name__)
 
 
-
 def free_bytes(backend: Backend) -> Callable[[], int]:
     """What a new model may use: free GPU memory on CUDA; elsewhere ``$MODEL_MEMORY_BUDGET_GB`` less
     what is resident (unlimited when unset: host memory is the operator's to size)."""
@@ -38,10 +37,10 @@ def weight_bytes(source: WeightsSource) -> int:
 
 def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
     """Apply the speed settings this model is eligible for (``speed_for_model``) right after its load."""
-    settings = speed_for_model(backend.device, model.spec.pipeline_class, model.profile or backend.settings)
-    model.graphs = apply_speedups(model.pipe, settings, model.source.model, backend.device)
-    model.speed = settings
-    log.info("%s speed settings: %s", model.source.model, settings.describe())
+    speed = speed_for_model(backend.device, model.spec.pipeline_class, model.profile or backend.settings)
+    model.graphs = apply_speedups(model.pipe, speed, model.source.model, backend.device)
+    model.speed = speed
+    log.info("%s speed settings: %s", model.source.model, speed.describe())
     return model
 
 

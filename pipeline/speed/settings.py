@@ -80,14 +80,14 @@ def speed_for_model(device: str, pipeline_class: str, profile: Profile) -> Speed
     offloading moves them, fp8 storage re-casts them on every call and bitsandbytes' layers branch
     on the host, none of which a graph can replay. fp8 matmuls need the same plain bf16 model, on a
     GPU of compute capability 8.9+."""
-    settings = speed_settings(device, pipeline_class=pipeline_class)
+    speed = speed_settings(device, pipeline_class=pipeline_class)
     plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
-    if settings.cuda_graphs and not (plain and device == "cuda"):
-        settings = replace(settings, cuda_graphs=False)
-    if settings.fp8_matmul:
+    if speed.cuda_graphs and not (plain and device == "cuda"):
+        speed = replace(speed, cuda_graphs=False)
+    if speed.fp8_matmul:
         from pipeline.speed.fp8_linear import fp8_matmul_supported
 
         if not (plain and fp8_matmul_supported(device)):
             log.info("fp8 matmuls need a plain bf16 model on a GPU of compute capability 8.9+: off")
-            settings = replace(settings, fp8_matmul=False)
-    return settings
+            speed = replace(speed, fp8_matmul=False)
+    return speed
