@@ -4,10 +4,11 @@ For each page-cache state (warm, and dropped for the weight files) and --runs ti
   * the floor: ``python -c "import torch"``;
   * the service: ``scripts/serve.py`` (the real Cog HTTP server) from spawn to READY, plus every
     ``[Timer: stage]`` from the service's timings JSON, and then its first image (--first-image),
-    which carries whatever work start-up deferred (CUDA-graph capture, compilation);
+    which carries whatever work start-up deferred (CUDA-graph capture, compilation), so process
+    start -> first image is what a cold boot's waiting caller sees;
   * the service again with each --variant's environment (by default the weight stream switched the
-    other way from the device's default: ``FAST_LOAD=0`` on a GPU, ``FAST_LOAD=1`` on the CPU, so
-    what it changes is measured in the same run, and CI runs both start-up paths);
+    other way from the device's default, ``FAST_LOAD=0`` on a GPU and ``FAST_LOAD=1`` on the CPU, and
+    ``LAZY_IMPORTS=0``), so what each changes is measured in the same run and CI runs every path;
   * plain diffusers: ``from_pretrained`` + ``.to(device)`` in a fresh process;
   * the time to read the weight bytes from disk with the cache dropped.
 It prints a markdown table with medians and ratios and writes JSON and the table to --out.
@@ -157,8 +158,9 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, var
             first_image: Optional[tuple[int, int, int]] = None) -> dict[str, Any]:
     files = weight_files(weights)
     rows: dict[str, list[float]] = {"import_torch_s": [], "service_ready_s": [], "plain_diffusers_s": [], "weights_read_s": [],
-                                    "first_image_s": []}
-    rows.update({f"service_ready_s[{variant}]": [] for variant in variants})
+                                    "first_image_s": [], "start_to_first_image_s": []}
+    for variant in variants:
+        rows.update({f"service_ready_s[{variant}]": [], f"first_image_s[{variant}]": [], f"start_to_first_image_s[{variant}]": []})
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
     variant_load: dict[str, list[float]] = {variant: [] for variant in variants}
     records = []
@@ -172,14 +174,18 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, var
         rows["service_ready_s"].append(result["ready_s"])
         if result["first_image_s"] is not None:
             rows["first_image_s"].append(result["first_image_s"])
+            rows["start_to_first_image_s"].append(result["ready_s"] + result["first_image_s"])
         records.append(result["record"])
         for stage in result["record"]["stages"]:
             stages.setdefault(stage["name"], []).append(stage["seconds"])
         for variant in variants:
             if cache == "dropped":
                 drop_page_cache(files)
-            other = service_to_ready(weights, workdir, model, parse_variant(variant))
+            other = service_to_ready(weights, workdir, model, parse_variant(variant), first_image=first_image)
             rows[f"service_ready_s[{variant}]"].append(other["ready_s"])
+            if other["first_image_s"] is not None:
+                rows[f"first_image_s[{variant}]"].append(other["first_image_s"])
+                rows[f"start_to_first_image_s[{variant}]"].append(other["ready_s"] + other["first_image_s"])
             records.append(other["record"])
             variant_load[variant] += [s["seconds"] for s in other["record"]["stages"] if s["name"] == "load"]
         if cache == "dropped":
@@ -197,27 +203,29 @@ def measure(weights: Path, cache: str, runs: int, workdir: Path, model: str, var
 def markdown(results: list[dict[str, Any]], device: str) -> str:
     lines = [f"Device: {device}. Medians of fresh processes; seconds.", "",
              "| page cache | `import torch` | service to READY | READY − floor | plain diffusers | service / plain | "
-             "weight read (cold) | first image after READY |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "weight read (cold) | first image after READY | process start → first image |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    shown = lambda m, key: f"{m[key]:.2f}" if key in m else "–"  # noqa: E731
     for result in results:
         m = result["medians"]
-        read = f"{m['weights_read_s']:.2f}" if "weights_read_s" in m else "–"
-        first = f"{m['first_image_s']:.2f}" if "first_image_s" in m else "–"
         lines.append(
             f"| {result['cache']} | {m['import_torch_s']:.2f} | {m['service_ready_s']:.2f} | "
             f"{m['service_ready_s'] - m['import_torch_s']:.2f} | {m['plain_diffusers_s']:.2f} | "
-            f"{m['service_ready_s'] / m['plain_diffusers_s']:.2f} | {read} | {first} |"
+            f"{m['service_ready_s'] / m['plain_diffusers_s']:.2f} | {shown(m, 'weights_read_s')} | "
+            f"{shown(m, 'first_image_s')} | {shown(m, 'start_to_first_image_s')} |"
         )
     variants = [key[len("service_ready_s["):-1] for key in results[0]["medians"] if key.startswith("service_ready_s[")]
     if variants:
-        lines += ["", "| page cache | variant | service to READY | its load stage | this service / variant |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += ["", "| page cache | variant | service to READY | its load stage | this service / variant | "
+                      "first image after READY | process start → first image |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for result in results:
             m = result["medians"]
             for variant in variants:
                 ready = m[f"service_ready_s[{variant}]"]
                 lines.append(f"| {result['cache']} | `{variant}` | {ready:.2f} | "
-                             f"{result['variant_load_medians'].get(variant, float('nan')):.3f} | {m['service_ready_s'] / ready:.2f} |")
+                             f"{result['variant_load_medians'].get(variant, float('nan')):.3f} | {m['service_ready_s'] / ready:.2f} | "
+                             f"{shown(m, f'first_image_s[{variant}]')} | {shown(m, f'start_to_first_image_s[{variant}]')} |")
     lines += ["", "| stage | " + " | ".join(r["cache"] for r in results) + " |", "| --- |" + " --- |" * len(results)]
     for name in STAGES:
         lines.append(f"| {name} | " + " | ".join(f"{r['stage_medians'].get(name, float('nan')):.3f}" for r in results) + " |")
@@ -248,7 +256,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
     parser.add_argument("--variant", action="append", default=None,
                         help="VAR=VALUE[,VAR=VALUE]: also time the service with this environment (repeatable; "
-                             "default: FAST_LOAD the other way from the device default; --variant none for none)")
+                             "default: FAST_LOAD the other way from the device default, and LAZY_IMPORTS=0; --variant none for none)")
     parser.add_argument("--first-image", default="1024x1024x20", metavar="WxHxSTEPS",
                         help="after READY, time one prediction of this size (none: skip); --ci uses 64x64x2")
     parser.add_argument("--ci", action="store_true", help="tiny weights, one run per cache state, check the chain")
@@ -270,7 +278,7 @@ def main() -> None:
     if args.variant is None:
         import torch
 
-        args.variant = ["FAST_LOAD=0" if torch.cuda.is_available() else "FAST_LOAD=1"]
+        args.variant = ["FAST_LOAD=0" if torch.cuda.is_available() else "FAST_LOAD=1", "LAZY_IMPORTS=0"]
     variants = [v for v in args.variant if v != "none"]
     results = [measure(args.weights, cache, args.runs, workdir, args.model, variants, first_image) for cache in caches]
     device = results[0]["records"][0].get("device", "?")

@@ -5,7 +5,7 @@ guard is armed before anything heavy is imported (imports are where auto-install
 weight files start streaming into the page cache before torch is imported; torch is imported by
 the backend stage (which also starts CUDA in the background); the weights stage checks the files
 and starts streaming them onto the device (``pipeline.loading.stream``) before the imports stage
-imports diffusers, which the stream overlaps; the load stage builds the models from the streamed
+imports diffusers (on the diet of ``startup.import_diet``), which the stream overlaps; the load stage builds the models from the streamed
 tensors. Each cost is visible as its own stage. Optional parts (ADetailer, IP-Adapter) are not
 loaded here at all: they load on the first request that asks for them.
 """
@@ -24,6 +24,7 @@ from pipeline.loading.weights import available_models, configured_weights, defau
 from pipeline.models import LoadedModel, WeightsSource
 from request.catalog import MODELS
 from startup.cmdargs import filter_sys_argv
+from startup.import_diet import deferred_for, hidden
 from startup.install_guard import install_guard, package_report
 from startup.logs import configure_logging
 from startup.optional_parts import requested_parts, start_preload
@@ -102,7 +103,7 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
         with timer.stage("weights"):
             source = resolve_weights(setting, model=default_model)
             stream = start_weight_stream(source, backend, ready=device_ready)
-        with timer.stage("imports"):
+        with timer.stage("imports"), hidden(deferred_for(backend.settings)):
             import_pipeline_classes(default_model)
         with timer.stage("load"):
             device_ready.join()

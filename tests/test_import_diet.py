@@ -1,0 +1,99 @@
+"""The imports stage's diet (startup/import_diet.py): bitsandbytes and scipy are kept out of sight of
+diffusers and transformers while they first import, each loads as usual when something asks for it
+afterwards, the image is the same, and ``LAZY_IMPORTS=0`` turns it off."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hardware.profiles import choose_profile
+from startup.import_diet import DEFERRED, deferred_for, hidden
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A fresh interpreter: start the service on tiny weights, report what got imported, then ask for each
+# deferred library as a later caller would, and make one image.
+SCRIPT = """
+import hashlib, json, os, sys
+sys.path.insert(0, os.environ["ROOT"])
+import numpy as np
+from startup.chain import run_startup
+service = run_startup(os.environ["WEIGHTS"])
+report = {name: name in sys.modules for name in ("bitsandbytes", "scipy")}
+from diffusers.utils import import_utils
+report["diffusers_sees_scipy"] = import_utils.is_scipy_available()
+from pipeline.generate import Batch, generate
+from presets import resolve
+from request.generation import parse_request
+request = parse_request({"prompt": "a red bicycle", "width": 64, "height": 64, "seed": 3})
+image = generate(service.model, Batch(["a red bicycle"], 1, 3), request, resolve("sdxl", "fast", num_inference_steps=2)).images[0]
+report["pixels"] = hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
+import scipy.stats  # asked for later: loads as usual
+report["scipy_later"] = scipy.stats.norm.cdf(0.0)
+print("REPORT" + json.dumps(report))
+"""
+
+
+def start(tiny_weights: Path, tmp_path: Path, lazy: str) -> dict:
+    env = dict(os.environ, ROOT=str(ROOT), WEIGHTS=str(tiny_weights), LAZY_IMPORTS=lazy,
+               STARTUP_TIMINGS_PATH=str(tmp_path / f"timings-{lazy}.json"))
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT")]
+    return json.loads(line[len("REPORT"):])
+
+
+def test_deferred_libraries_stay_out_of_the_start_and_load_when_asked(tiny_weights: Path, tmp_path: Path) -> None:
+    lazy, plain = start(tiny_weights, tmp_path, "1"), start(tiny_weights, tmp_path, "0")
+    assert not lazy["bitsandbytes"] and not lazy["scipy"] and not lazy["diffusers_sees_scipy"]
+    assert plain["scipy"] and plain["diffusers_sees_scipy"]
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        assert plain["bitsandbytes"]
+    assert lazy["scipy_later"] == plain["scipy_later"] == 0.5
+    assert lazy["pixels"] == plain["pixels"]
+
+
+def test_hidden_looks_uninstalled_inside_and_is_back_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "diet_probe.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with hidden(["diet_probe", "json"]) as hid:
+        assert hid == ["diet_probe"]  # json was imported already: left alone
+        assert importlib.util.find_spec("diet_probe") is None
+        with pytest.raises(ImportError):
+            importlib.import_module("diet_probe")
+    assert importlib.import_module("diet_probe").VALUE == 7
+    sys.modules.pop("diet_probe", None)
+
+
+def test_a_quantizing_profile_keeps_bitsandbytes_and_the_switch_turns_it_all_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAZY_IMPORTS", "1")
+    plain = choose_profile("cpu", None, False, False, env={})
+    assert deferred_for(plain) == list(DEFERRED)
+    assert "bitsandbytes" not in deferred_for(replace(plain, flux_quantization="nf4"))
+    assert "bitsandbytes" not in deferred_for(replace(plain, t5_quantization="int8"))
+    monkeypatch.setenv("LAZY_IMPORTS", "0")
+    assert deferred_for(plain) == []
+
+
+def test_torchvision_stays_because_hiding_it_changes_the_image_processor() -> None:
+    """Why torchvision is not deferred: transformers picks its torchvision image-processing backend
+    when torchvision is there and its PIL backend when not, so the IP-Adapter's embeddings would no
+    longer be plain diffusers'."""
+    code = ("import sys\n{hide}from transformers import CLIPImageProcessor\n"
+            "print(type(CLIPImageProcessor()).__mro__[1].__name__)")
+    backends = []
+    for hide in ("", "sys.modules['torchvision'] = None\n"):
+        result = subprocess.run([sys.executable, "-c", code.format(hide=hide)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        backends.append(result.stdout.split()[-1])
+    assert backends[0] != backends[1]
+    assert "torchvision" not in DEFERRED
