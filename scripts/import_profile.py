@@ -3,7 +3,8 @@ top-level package.
 
 On the H200 the stage took 9.4 s for SDXL and 11.6 s for Flux (README, Performance), most of the
 distance from READY to the ``import torch`` floor. This runs the same imports in a fresh process
-(torch, the start-up chain, the model's diffusers pipeline module) and reports each package's own
+(torch, the start-up chain, the model's diffusers pipeline module on the stage's import diet, which
+``LAZY_IMPORTS=0`` turns off) and reports each package's own
 import time (``self``, summed over its modules, so the rows add up to the whole) and the slowest
 single modules by cumulative time. Prints a markdown table, writes JSON and the table.
 
@@ -35,11 +36,14 @@ def parse_importtime(stderr: str) -> list[tuple[str, int, int]]:
 
 
 def profile(model: str) -> dict:
+    import settings
     from request.catalog import MODELS
     from startup.chain import PIPELINE_MODULES
 
     module = PIPELINE_MODULES[MODELS[model].pipeline_class]
-    code = f"import torch; import startup.chain; import {module}"
+    # the imports stage's own diet (startup.import_diet), as for a profile that does not quantize
+    code = ("import torch, settings, startup.chain\nfrom startup.import_diet import DEFERRED, hidden\n"
+            f"with hidden(list(DEFERRED) if settings.get('LAZY_IMPORTS') else []):\n    import {module}")
     result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{code!r} failed: {result.stderr[-2000:]}")
@@ -49,14 +53,16 @@ def profile(model: str) -> dict:
         by_package[name.split(".")[0]] += self_us
     total = sum(by_package.values())
     return {
-        "model": model, "code": code, "total_s": total / 1e6,
+        "model": model, "module": module, "code": code, "total_s": total / 1e6,
+        "diet": "on" if settings.get("LAZY_IMPORTS") else "off (LAZY_IMPORTS=0)",
         "packages": sorted(((name, us / 1e6) for name, us in by_package.items()), key=lambda item: -item[1]),
         "slowest_modules": [(name, cumulative / 1e6) for name, _, cumulative in sorted(rows, key=lambda r: -r[2])[:25]],
     }
 
 
 def markdown(report: dict, device: str, top: int = 12) -> str:
-    lines = [f"Device: {device}. `python -X importtime -c \"{report['code']}\"`: {report['total_s']:.2f} s in all.", "",
+    lines = [f"Device: {device}. `python -X importtime` of torch, the start-up chain and `{report['module']}` "
+             f"(import diet {report['diet']}): {report['total_s']:.2f} s in all.", "",
              "| package | own import time (s) | share |", "| --- | --- | --- |"]
     for name, seconds in report["packages"][:top]:
         lines.append(f"| {name} | {seconds:.3f} | {seconds / report['total_s']:.0%} |")
