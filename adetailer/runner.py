@@ -22,6 +22,7 @@ from pipeline.models import LoadedModel
 from pipeline.schedulers import fresh_scheduler
 from presets import EffectiveSettings
 from request.adetailer import ADetailerArgs
+from request.catalog import DEFAULT_SCHEDULER
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def run_adetailer(
     negative_prompt: str,
     preset: EffectiveSettings,
     seed: int,
-    scheduler: str = "K_EULER",
+    scheduler: str = DEFAULT_SCHEDULER,
 ) -> list[Any]:
     """Apply each requested pass to each image (``prompts[i]`` made image ``i``); images without
     detections come back unchanged. The inpaint samples with the request's ``scheduler``, built

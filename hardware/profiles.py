@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 PROFILES_FILE = Path(__file__).with_name("profiles.json")
 QUANTIZATIONS = ("none", "fp8", "int8", "nf4")
 T5_QUANTIZATIONS = ("none", "int8", "nf4")  # fp8 storage breaks the Flux pipeline's T5 input cast
+BITSANDBYTES_KINDS = ("int8", "nf4")  # the quantizations bitsandbytes does
 OFFLOADS = ("none", "model", "sequential")
 ENV_PREFIX = "HW_"  # settings family: HW_<FIELD> overrides a profile's field
 NOT_OVERRIDABLE = ("name", "device", "min_free_gb", "reason")
@@ -39,6 +40,10 @@ class Profile:
     offload: str
     cleanup_after_image: bool
     reason: str = ""
+
+    @property
+    def uses_bitsandbytes(self) -> bool:
+        return self.flux_quantization in BITSANDBYTES_KINDS or self.t5_quantization in BITSANDBYTES_KINDS
 
 
 @lru_cache(maxsize=1)
@@ -84,7 +89,7 @@ def choose_profile(
             notes.append(f"{item.name}={getattr(profile, item.name)} from {ENV_PREFIX}{item.name.upper()}")
     for name in ("flux_quantization", "t5_quantization"):
         wanted = getattr(profile, name)
-        if wanted in ("int8", "nf4") and not bitsandbytes_usable:
+        if wanted in BITSANDBYTES_KINDS and not bitsandbytes_usable:
             profile = replace(profile, **{name: "none"})
             notes.append(f"{name} {wanted} -> none: bitsandbytes is not usable here")
         if wanted == "fp8" and not fp8_capable:

@@ -54,6 +54,7 @@ SCHEDULERS: Mapping[str, tuple[str, Mapping[str, Any]]] = {
     "PNDM": ("PNDMScheduler", {}),
 }
 SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULERS)
+DEFAULT_SCHEDULER = "K_EULER"
 
 # format name -> (file suffix, Pillow format)
 OUTPUT_FORMATS: Mapping[str, tuple[str, str]] = {"webp": (".webp", "WEBP"), "jpg": (".jpg", "JPEG"), "png": (".png", "PNG")}

@@ -13,7 +13,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from presets import PRESET_NAMES
-from request.catalog import MODEL_NAMES, MODELS, OUTPUT_FORMATS, SCHEDULER_NAMES, ModelSpec
+from request.catalog import DEFAULT_SCHEDULER, MODEL_NAMES, MODELS, OUTPUT_FORMATS, SCHEDULER_NAMES, ModelSpec
 from request.errors import InputError
 from request.fields import File, Int, Number, Text, parse
 from request.scenes import MAX_SCENES, parse_scenes
@@ -59,7 +59,7 @@ class GenerationRequest(BaseModel):
     num_outputs: Int = Field(1, ge=1, le=4, description="Images to make.")
     seed: Optional[Int] = Field(None, ge=0, le=2**32 - 1,
                                 description="Random seed. Empty: random; the seed used is logged and recorded.")
-    scheduler: Literal[SCHEDULER_NAMES] = Field("K_EULER", description="Sampler.")  # type: ignore[valid-type]
+    scheduler: Literal[SCHEDULER_NAMES] = Field(DEFAULT_SCHEDULER, description="Sampler.")  # type: ignore[valid-type]
     output_format: Literal[tuple(OUTPUT_FORMATS)] = Field("webp", description="Image file format.")  # type: ignore[valid-type]
     output_quality: Int = Field(80, ge=1, le=100, description="Quality for webp and jpg (1-100). Ignored for png.")
     face_image: Optional[File] = Field(
@@ -122,10 +122,9 @@ def check_model_options(request: GenerationRequest, spec: ModelSpec, ad_negative
     for name, value in (("negative_prompt", request.negative_prompt), ("ad_negative_prompt", ad_negative_prompt)):
         if value and not spec.negative_prompt:
             raise InputError(name, value, f"not supported by {spec.name}; leave it empty")
-    default_scheduler = GenerationRequest.model_fields["scheduler"].default
-    if request.scheduler != default_scheduler and not spec.schedulers:
+    if request.scheduler != DEFAULT_SCHEDULER and not spec.schedulers:
         raise InputError(
-            "scheduler", request.scheduler, f"{spec.name} has one sampler (flow-matching Euler); leave scheduler at {default_scheduler}",
+            "scheduler", request.scheduler, f"{spec.name} has one sampler (flow-matching Euler); leave scheduler at {DEFAULT_SCHEDULER}",
         )
     if request.face_image is not None and not spec.ip_adapter:
         raise InputError("face_image", str(request.face_image), f"not supported with {spec.name} yet; use sdxl")

@@ -37,9 +37,7 @@ def deferred_for(profile: Profile) -> list[str]:
     """The libraries to hide for ``profile`` (none with ``LAZY_IMPORTS=0``)."""
     if not settings.get("LAZY_IMPORTS"):
         return []
-    quantizes = "int8" in (profile.flux_quantization, profile.t5_quantization) or \
-        "nf4" in (profile.flux_quantization, profile.t5_quantization)
-    return [name for name in DEFERRED if not (name == "bitsandbytes" and quantizes)]
+    return [name for name in DEFERRED if not (name == "bitsandbytes" and profile.uses_bitsandbytes)]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from hardware.profiles import Profile
+from hardware.profiles import BITSANDBYTES_KINDS, Profile
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def quantized_at_load(profile: Profile, pipeline_class: str) -> set[str]:
     """The components bitsandbytes quantizes while loading (they load through the library itself)."""
     if pipeline_class != "FluxPipeline":
         return set()
-    return {name for name, setting in FLUX_QUANTIZED.items() if getattr(profile, setting) in ("int8", "nf4")}
+    return {name for name, setting in FLUX_QUANTIZED.items() if getattr(profile, setting) in BITSANDBYTES_KINDS}
 
 
 def _bnb_config(kind: str, library: str) -> Any:
@@ -42,7 +42,7 @@ def flux_quantization_config(profile: Profile) -> Optional[Any]:
     mapping = {}
     for component, setting in FLUX_QUANTIZED.items():
         kind = getattr(profile, setting)
-        if kind in ("int8", "nf4"):
+        if kind in BITSANDBYTES_KINDS:
             mapping[component] = _bnb_config(kind, "diffusers" if component == "transformer" else "transformers")
     if not mapping:
         return None
