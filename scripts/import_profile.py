@@ -42,8 +42,8 @@ def profile(model: str) -> dict:
 
     module = PIPELINE_MODULES[MODELS[model].pipeline_class]
     # the imports stage's own diet (startup.import_diet), as for a profile that does not quantize
-    code = ("import torch, settings, startup.chain\nfrom startup.import_diet import DEFERRED, hidden\n"
-            f"with hidden(list(DEFERRED) if settings.get('LAZY_IMPORTS') else []):\n    import {module}")
+    code = ("import torch, startup.chain\nfrom hardware.profiles import load_profiles\nfrom startup.import_diet import diet\n"
+            f"with diet(next(p for p in load_profiles() if p.name == 'h200-h100')):\n    import {module}")
     result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{code!r} failed: {result.stderr[-2000:]}")

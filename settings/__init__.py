@@ -64,8 +64,10 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("STARTUP_TIMINGS_PATH", Path, Path(tempfile.gettempdir()) / "startup_timings.json",
             "Where setup() writes its stage timings as JSON."),
     Setting("LAZY_IMPORTS", bool, True,
-            "Keep bitsandbytes (unless the profile quantizes) and scipy out of sight while diffusers and transformers "
-            "first import, so they skip integrations no request uses. 0: import everything as usual, for diagnosis."),
+            "The import diet: keep bitsandbytes (unless the profile quantizes), scipy and, for transformers, "
+            "torch.distributed out of sight while diffusers and transformers first import, and defer torch's "
+            "compiler and flex attention until used, with the garbage collector paused. 0: import everything as "
+            "usual, for diagnosis."),
     Setting("HW_PROFILE", str, None, "Force a hardware profile by name (hardware/profiles.json). Unset: chosen by device and free memory."),
 )}
 

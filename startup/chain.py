@@ -24,7 +24,7 @@ from pipeline.loading.weights import available_models, configured_weights, defau
 from pipeline.models import LoadedModel, WeightsSource
 from request.catalog import MODELS
 from startup.cmdargs import filter_sys_argv
-from startup.import_diet import deferred_for, hidden
+from startup.import_diet import diet, pause_collector, resume_collector
 from startup.install_guard import install_guard, package_report
 from startup.logs import configure_logging
 from startup.optional_parts import requested_parts, start_preload
@@ -80,6 +80,7 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
     """Run every stage; on failure the JSON still records the stages that finished."""
     configure_logging()
     timer = StageTimer(timings_path)
+    collector_paused = pause_collector()  # until the imports are done (startup.import_diet)
     try:
         with timer.stage("argv_filter"):
             removed = filter_sys_argv()
@@ -103,14 +104,17 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
         with timer.stage("weights"):
             source = resolve_weights(setting, model=default_model)
             stream = start_weight_stream(source, backend, ready=device_ready)
-        with timer.stage("imports"), hidden(deferred_for(backend.settings)):
+        with timer.stage("imports"), diet(backend.settings):
             import_pipeline_classes(default_model)
+        resume_collector(collector_paused)
+        collector_paused = False
         with timer.stage("load"):
             device_ready.join()
             if prefetch is not None:  # the stream's loader waits per file; without one, wait here
                 prefetch.join(timeout=0 if stream is not None else None)
             load_source(source, backend, stream=stream)
     except BaseException:
+        resume_collector(collector_paused)
         timer.finish(completed=False)
         raise
     timings = timer.finish(device=backend.device, dtype=backend.dtype_name, weights=str(source.path), model=default_model)

@@ -1,6 +1,8 @@
 """The imports stage's diet (startup/import_diet.py): bitsandbytes and scipy are kept out of sight of
 diffusers and transformers while they first import, each loads as usual when something asks for it
-afterwards, the image is the same, and ``LAZY_IMPORTS=0`` turns it off."""
+afterwards; transformers is told torch.distributed is not there, torch is not; torch's compiler and
+flex attention are still stand-ins after a start and an image; the image is the same; and
+``LAZY_IMPORTS=0`` turns it all off. The stand-ins themselves: tests/test_deferred_modules.py."""
 
 from __future__ import annotations
 
@@ -31,6 +33,12 @@ service = run_startup(os.environ["WEIGHTS"])
 report = {name: name in sys.modules for name in ("bitsandbytes", "scipy")}
 from diffusers.utils import import_utils
 report["diffusers_sees_scipy"] = import_utils.is_scipy_available()
+from startup.deferred_modules import still_deferred
+report["still_deferred"] = still_deferred()
+import torch.distributed
+from transformers.utils import import_utils as transformers_imports
+report["transformers_sees_distributed"] = transformers_imports.is_torch_distributed_available()
+report["torch_sees_distributed"] = torch.distributed.is_available()
 from pipeline.generate import Batch, generate
 from presets import resolve
 from request.generation import parse_request
@@ -60,6 +68,10 @@ def test_deferred_libraries_stay_out_of_the_start_and_load_when_asked(tiny_weigh
         assert plain["bitsandbytes"]
     assert lazy["scipy_later"] == plain["scipy_later"] == 0.5
     assert lazy["pixels"] == plain["pixels"]
+    assert lazy["still_deferred"] == ["torch._dynamo", "torch.nn.attention.flex_attention"]
+    assert plain["still_deferred"] == []
+    assert not lazy["transformers_sees_distributed"] and plain["transformers_sees_distributed"]
+    assert lazy["torch_sees_distributed"] == plain["torch_sees_distributed"] == plain["transformers_sees_distributed"]
 
 
 def test_hidden_looks_uninstalled_inside_and_is_back_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,3 +109,26 @@ def test_torchvision_stays_because_hiding_it_changes_the_image_processor() -> No
         backends.append(result.stdout.split()[-1])
     assert backends[0] != backends[1]
     assert "torchvision" not in DEFERRED
+
+
+def test_the_collector_pauses_for_the_imports_and_freezes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from startup.import_diet import pause_collector, resume_collector
+
+    monkeypatch.setenv("LAZY_IMPORTS", "0")
+    assert not pause_collector() and gc.isenabled()
+    monkeypatch.setenv("LAZY_IMPORTS", "1")
+    frozen_before = gc.get_freeze_count()
+    paused = pause_collector()
+    try:
+        assert paused and not gc.isenabled()
+        assert not pause_collector()  # already paused: the outer pause owns it
+    finally:
+        resume_collector(paused)
+    assert gc.isenabled()
+    if frozen_before:  # an earlier start-up in this process froze already: not again
+        assert gc.get_freeze_count() == frozen_before
+    else:
+        assert gc.get_freeze_count() > 0
+        gc.unfreeze()
