@@ -1,8 +1,10 @@
 """Cog entry point: the adapter between Cog and the service, and nothing else.
 
 Every input is declared once, as a field of the request models (``request.generation``,
-``request.adetailer``); ``field`` builds Cog's ``Input()`` from that declaration, and a test pins this
-signature to the models. A request then runs as the numbered steps of ``service.job.run_request``.
+``request.adetailer``). The parameters of ``predict()`` are rendered from those declarations by
+``python scripts/cog_schema.py --write-predict`` as literal ``Input(...)`` calls, because ``cog build``
+reads this file statically and cannot resolve anything else; a test fails when they differ. A
+request then runs as the numbered steps of ``service.job.run_request``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any, Optional
 
 from cog import BasePredictor, Input, Path
 
-from request.inputs import INPUTS
 from service.job import run_request
 from startup.chain import ReadyService, run_startup
 
@@ -29,19 +30,6 @@ warnings.filterwarnings("ignore", message=r"BasePredictor is deprecated", catego
 log = logging.getLogger("predict")
 
 
-def field(name: str) -> Any:
-    """Cog's ``Input`` for request field ``name``: its default, description and bounds as declared."""
-    spec = INPUTS[name]
-    return Input(
-        default=spec.default,
-        description=spec.description,
-        ge=spec.minimum,
-        le=spec.maximum,
-        choices=list(spec.choices) if spec.choices else None,
-        max_length=spec.max_length,
-    )
-
-
 class Predictor(BasePredictor):
     def setup(self, weights: Optional[Any] = None) -> None:
         """Run the timed start-up chain; ``weights`` (Cog's COG_WEIGHTS) are the default model's, over its env var."""
@@ -51,39 +39,46 @@ class Predictor(BasePredictor):
 
     def predict(
         self,
-        prompt: str = field("prompt"),
-        model: Optional[str] = field("model"),
-        negative_prompt: str = field("negative_prompt"),
-        preset: str = field("preset"),
-        num_inference_steps: Optional[int] = field("num_inference_steps"),
-        guidance_scale: Optional[float] = field("guidance_scale"),
-        aspect_ratio: str = field("aspect_ratio"),
-        width: Optional[int] = field("width"),
-        height: Optional[int] = field("height"),
-        num_outputs: int = field("num_outputs"),
-        seed: Optional[int] = field("seed"),
-        scheduler: str = field("scheduler"),
-        output_format: str = field("output_format"),
-        output_quality: int = field("output_quality"),
-        face_image: Optional[Path] = field("face_image"),
-        ip_adapter_scale: Optional[float] = field("ip_adapter_scale"),
-        scenes: str = field("scenes"),
-        character: str = field("character"),
-        adetailer: bool = field("adetailer"),
-        adetailer_face: bool = field("adetailer_face"),
-        adetailer_hands: bool = field("adetailer_hands"),
-        ad_confidence: float = field("ad_confidence"),
-        ad_mask_k_largest: int = field("ad_mask_k_largest"),
-        ad_mask_min_ratio: float = field("ad_mask_min_ratio"),
-        ad_mask_max_ratio: float = field("ad_mask_max_ratio"),
-        ad_dilate_erode: int = field("ad_dilate_erode"),
-        ad_mask_blur: int = field("ad_mask_blur"),
-        ad_denoising_strength: float = field("ad_denoising_strength"),
-        ad_inpaint_only_masked_padding: int = field("ad_inpaint_only_masked_padding"),
-        ad_prompt: str = field("ad_prompt"),
-        ad_negative_prompt: str = field("ad_negative_prompt"),
-        ad_steps: Optional[int] = field("ad_steps"),
-        ad_cfg_scale: Optional[float] = field("ad_cfg_scale"),
+        # BEGIN inputs (scripts/cog_schema.py --write-predict)
+        prompt: str = Input(default='', description='What to generate. With scenes: a style added to every scene (may be empty).', max_length=10000),
+        model: Optional[str] = Input(default=None, description="Which model: sdxl, flux-dev or flux-schnell (those the operator has weights for). Empty: the operator's default.", choices=['sdxl', 'flux-dev', 'flux-schnell']),
+        negative_prompt: str = Input(default='', description='What to steer away from.', max_length=10000),
+        preset: str = Input(default='balanced', description='Quality preset: sets steps, guidance and IP-Adapter scale.', choices=['ultra_fast', 'fast', 'balanced', 'quality']),
+        num_inference_steps: Optional[int] = Input(default=None, description='Denoising steps. Empty: from the preset.', ge=1, le=100),
+        guidance_scale: Optional[float] = Input(default=None, description='Classifier-free guidance. Empty: from the preset.', ge=0.0, le=20.0),
+        aspect_ratio: str = Input(default='1:1', description="Image shape at about one megapixel. 'custom' uses width and height.", choices=['1:1', '16:9', '21:9', '3:2', '2:3', '4:5', '5:4', '3:4', '4:3', '9:16', '9:21', 'custom']),
+        width: Optional[int] = Input(default=None, description='Image width; give it with height. Overrides aspect_ratio.', ge=64, le=2048),
+        height: Optional[int] = Input(default=None, description='Image height; give it with width. Overrides aspect_ratio.', ge=64, le=2048),
+        megapixels: str = Input(default='1', description='Output size: about 1 megapixel, or 0.25 for a quarter (aspect_ratio and image-derived sizes).', choices=['1', '0.25']),
+        num_outputs: int = Input(default=1, description='Images to make.', ge=1, le=4),
+        seed: Optional[int] = Input(default=None, description='Random seed. Empty: random; the seed used is logged and recorded.', ge=0, le=4294967295),
+        scheduler: str = Input(default='K_EULER', description='Sampler.', choices=['K_EULER', 'K_EULER_ANCESTRAL', 'DPMSolverMultistep', 'KarrasDPM', 'DDIM', 'HeunDiscrete', 'PNDM']),
+        output_format: str = Input(default='webp', description='Image file format.', choices=['webp', 'jpg', 'png']),
+        output_quality: int = Input(default=80, description='Quality for webp and jpg (1-100). Ignored for png.', ge=1, le=100),
+        face_image: Optional[Path] = Input(default=None, description='Reference face: keeps this identity in every image (IP-Adapter). Empty: none.'),
+        ip_adapter_scale: Optional[float] = Input(default=None, description='How strongly face_image steers the image. Empty: from the preset.', ge=0.0, le=1.5),
+        image: Optional[Path] = Input(default=None, description='Start from this image (img2img; with mask, inpainting). Without width and height the output keeps its aspect ratio at about 1 megapixel (or megapixels).'),
+        prompt_strength: float = Input(default=0.8, description='With image: how much to change it. 1 ignores its content (only its size is used); 0 returns it unchanged.', ge=0.0, le=1.0),
+        mask: Optional[Path] = Input(default=None, description='With image: what to repaint. White is repainted, black is kept (as cog-sdxl); resized to the image when its size differs.'),
+        mask_keep_outside: bool = Input(default=True, description="With mask: paste the pixels outside the mask back exactly as given. false: keep the model's re-encoding of them."),
+        scenes: str = Input(default='', description='Storyboard: one scene per line, up to 12. Returns one image per scene and a contact sheet.', max_length=12000),
+        character: str = Input(default='', description="Storyboard: the character description, put first in every scene's prompt.", max_length=2000),
+        adetailer: bool = Input(default=False, description='Fix faces/hands after generation (ADetailer). Off unless true.'),
+        adetailer_face: bool = Input(default=True, description='With adetailer: run the face pass.'),
+        adetailer_hands: bool = Input(default=False, description='With adetailer: run the hands pass (after faces).'),
+        ad_confidence: float = Input(default=0.3, description='Detection confidence threshold.', ge=0.0, le=1.0),
+        ad_mask_k_largest: int = Input(default=0, description='Keep the k largest detections (0 = all).', ge=0, le=20),
+        ad_mask_min_ratio: float = Input(default=0.0, description='Drop detections smaller than this share of the image.', ge=0.0, le=1.0),
+        ad_mask_max_ratio: float = Input(default=1.0, description='Drop detections larger than this share of the image.', ge=0.0, le=1.0),
+        ad_dilate_erode: int = Input(default=4, description='Grow (>0) or shrink (<0) each mask, pixels.', ge=-128, le=128),
+        ad_mask_blur: int = Input(default=4, description='Feather the pasted mask edge, pixels.', ge=0, le=64),
+        ad_denoising_strength: float = Input(default=0.4, description='How much the inpaint may change the region.', ge=0.0, le=1.0),
+        ad_inpaint_only_masked_padding: int = Input(default=32, description='Context around each mask for the inpaint crop, pixels.', ge=0, le=256),
+        ad_prompt: str = Input(default='', description='Prompt for the inpaint. Empty: the main prompt.', max_length=10000),
+        ad_negative_prompt: str = Input(default='', description='Negative prompt for the inpaint. Empty: the main one.', max_length=10000),
+        ad_steps: Optional[int] = Input(default=None, description="Inpaint steps before strength. Empty: the preset's.", ge=1, le=100),
+        ad_cfg_scale: Optional[float] = Input(default=None, description="Inpaint guidance. Empty: the preset's.", ge=0.0, le=20.0),
+        # END inputs
     ) -> list[Path]:
         # locals() is exactly the inputs here: it must stay the first statement.
         raw = {name: value for name, value in locals().items() if name != "self"}

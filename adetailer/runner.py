@@ -20,6 +20,7 @@ from pipeline.generate import generators_for
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.models import LoadedModel
 from pipeline.schedulers import fresh_scheduler
+from pipeline.variants import inpaint_pipeline
 from presets import EffectiveSettings
 from request.adetailer import ADetailerArgs
 from request.catalog import DEFAULT_SCHEDULER
@@ -54,19 +55,6 @@ def _build_detector(pass_name: str, folder: Path) -> tuple[str, Callable[[], Det
 def detector_for(pass_name: str, folder: Optional[Path] = None) -> Detector:
     key, build = _build_detector(pass_name, folder or models_folder())
     return MODEL_CACHE.get_or_load(key, build)
-
-
-def inpaint_pipeline(model: LoadedModel) -> Any:
-    """The inpaint pipeline on the already-loaded components: ``from_pipe`` shares every weight."""
-    import diffusers
-
-    def build() -> Any:
-        pipe = getattr(diffusers, model.spec.inpaint_pipeline_class).from_pipe(model.pipe)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    with model.lock:
-        return MODEL_CACHE.get_or_load(f"inpaint:{model.source.model_id}", build)
 
 
 def inpaint_settings(

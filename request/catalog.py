@@ -20,24 +20,28 @@ class ModelSpec:
     negative_prompt: bool
     schedulers: bool  # whether the request's sampler choice applies
     ip_adapter: bool  # face_image (IP-Adapter identity)
-    inpaint_pipeline_class: str  # the ADetailer pass's pipeline, built with from_pipe
+    img2img_pipeline_class: str  # for a request's image, built with from_pipe
+    inpaint_pipeline_class: str  # for a request's image and mask, and ADetailer's passes, built with from_pipe
     size_multiple: int  # width/height must be multiples of this
 
 
 MODELS: Mapping[str, ModelSpec] = {
     "sdxl": ModelSpec(
         "sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", single_file=True, negative_prompt=True,
-        schedulers=True, ip_adapter=True, inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8,
+        schedulers=True, ip_adapter=True, img2img_pipeline_class="StableDiffusionXLImg2ImgPipeline",
+        inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8,
     ),
     # Flux packs 2x2 latent patches over an 8x VAE: sides are multiples of 16. It has no
     # negative prompt and one sampler (flow-matching Euler).
     "flux-dev": ModelSpec(
         "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", single_file=False, negative_prompt=False,
-        schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
+        schedulers=False, ip_adapter=True, img2img_pipeline_class="FluxImg2ImgPipeline",
+        inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
     ),
     "flux-schnell": ModelSpec(
         "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", single_file=False,
-        negative_prompt=False, schedulers=False, ip_adapter=True, inpaint_pipeline_class="FluxInpaintPipeline",
+        negative_prompt=False, schedulers=False, ip_adapter=True, img2img_pipeline_class="FluxImg2ImgPipeline",
+        inpaint_pipeline_class="FluxInpaintPipeline",
         size_multiple=16,
     ),
 }

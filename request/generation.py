@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from presets import PRESET_NAMES
 from request.catalog import DEFAULT_SCHEDULER, MODEL_NAMES, MODELS, OUTPUT_FORMATS, SCHEDULER_NAMES, ModelSpec
 from request.errors import InputError
-from request.fields import File, Int, Number, Text, parse
+from request.fields import File, Flag, Int, Number, Text, parse
 from request.scenes import MAX_SCENES, parse_scenes
 
 # Replicate's usual aspect ratios, mapped to SDXL's trained ~1 megapixel buckets (multiples of 64).
@@ -33,6 +33,9 @@ ASPECT_RATIOS: Mapping[str, tuple[int, int]] = {
     "9:21": (640, 1536),
 }
 CUSTOM_ASPECT = "custom"
+MIN_SIDE, MAX_SIDE = 64, 2048  # the bounds of width and height
+MEGAPIXELS = ("1", "0.25")  # as cog-flux: strings, scaling the aspect-ratio buckets and image-derived sizes
+DEFAULT_PROMPT_STRENGTH = 0.8  # replicate/cog-sdxl's and cog-flux's
 
 
 class GenerationRequest(BaseModel):
@@ -52,10 +55,12 @@ class GenerationRequest(BaseModel):
     guidance_scale: Optional[Number] = Field(None, ge=0.0, le=20.0, description="Classifier-free guidance. Empty: from the preset.")
     aspect_ratio: Literal[(*ASPECT_RATIOS, CUSTOM_ASPECT)] = Field(  # type: ignore[valid-type]
         "1:1", description="Image shape at about one megapixel. 'custom' uses width and height.")
-    width: Optional[Int] = Field(None, ge=64, le=2048, multiple_of=8,
+    width: Optional[Int] = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
                                  description="Image width; give it with height. Overrides aspect_ratio.")
-    height: Optional[Int] = Field(None, ge=64, le=2048, multiple_of=8,
+    height: Optional[Int] = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
                                   description="Image height; give it with width. Overrides aspect_ratio.")
+    megapixels: Literal[MEGAPIXELS] = Field(  # type: ignore[valid-type]
+        "1", description="Output size: about 1 megapixel, or 0.25 for a quarter (aspect_ratio and image-derived sizes).")
     num_outputs: Int = Field(1, ge=1, le=4, description="Images to make.")
     seed: Optional[Int] = Field(None, ge=0, le=2**32 - 1,
                                 description="Random seed. Empty: random; the seed used is logged and recorded.")
@@ -66,6 +71,19 @@ class GenerationRequest(BaseModel):
         None, description="Reference face: keeps this identity in every image (IP-Adapter). Empty: none.")
     ip_adapter_scale: Optional[Number] = Field(
         None, ge=0.0, le=1.5, description="How strongly face_image steers the image. Empty: from the preset.")
+    image: Optional[File] = Field(
+        None, description="Start from this image (img2img; with mask, inpainting). Without width and height the "
+                          "output keeps its aspect ratio at about 1 megapixel (or megapixels).")
+    prompt_strength: Number = Field(
+        DEFAULT_PROMPT_STRENGTH, ge=0.0, le=1.0,
+        description="With image: how much to change it. 1 ignores its content (only its size is used); "
+                    "0 returns it unchanged.")
+    mask: Optional[File] = Field(
+        None, description="With image: what to repaint. White is repainted, black is kept (as cog-sdxl); "
+                          "resized to the image when its size differs.")
+    mask_keep_outside: Flag = Field(
+        True, description="With mask: paste the pixels outside the mask back exactly as given. "
+                          "false: keep the model's re-encoding of them.")
     scenes: Text = Field("", max_length=12_000, description=f"Storyboard: one scene per line, up to {MAX_SCENES}. "
                                                             "Returns one image per scene and a contact sheet.")
     character: Text = Field("", max_length=2_000,
@@ -77,23 +95,38 @@ class GenerationRequest(BaseModel):
         return tuple(parse_scenes(self.scenes))
 
 
-def _size(aspect_ratio: str, width: Optional[int], height: Optional[int]) -> tuple[int, int]:
-    """Explicit width and height win; otherwise the aspect ratio picks a trained bucket."""
+def _size(aspect_ratio: str, width: Optional[int], height: Optional[int], megapixels: str,
+          has_image: bool) -> tuple[Optional[int], Optional[int]]:
+    """Explicit width and height win; then the image's own shape (settled when it is read, so None
+    here); then the aspect ratio's trained bucket, scaled by ``megapixels``."""
     if (width is None) != (height is None):
         missing = "height" if height is None else "width"
         given = "width" if missing == "height" else "height"
         raise InputError(missing, None, f"required when {given} is given")
     if width is not None and height is not None:
+        if megapixels != "1":
+            raise InputError("megapixels", megapixels, "sizes aspect_ratio and image-derived outputs; leave it at 1 "
+                                                       "with width and height")
         return width, height
+    if has_image:
+        if aspect_ratio not in ("1:1", CUSTOM_ASPECT):
+            raise InputError("aspect_ratio", aspect_ratio, "with image the output keeps the image's aspect ratio; "
+                                                           "give width and height to change it")
+        return None, None
     if aspect_ratio == CUSTOM_ASPECT:
         raise InputError("aspect_ratio", aspect_ratio, "'custom' needs width and height")
-    return ASPECT_RATIOS[aspect_ratio]
+    bucket_width, bucket_height = ASPECT_RATIOS[aspect_ratio]
+    if megapixels == "1":
+        return bucket_width, bucket_height
+    scale = float(megapixels) ** 0.5  # the buckets are multiples of 64: halved, multiples of 32
+    return int(bucket_width * scale), int(bucket_height * scale)
 
 
 def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     """Validate a raw input mapping (as Cog passes it) into a ``GenerationRequest`` with its size
-    resolved, or raise ``InputError``. Unknown keys are refused rather than ignored: a misspelt
-    option silently doing nothing is the kind of bug this service exists to avoid."""
+    resolved (left empty when it follows ``image``, until the image is read), or raise ``InputError``.
+    Unknown keys are refused rather than ignored: a misspelt option silently doing nothing is the
+    kind of bug this service exists to avoid."""
     request = parse(GenerationRequest, raw)
     scenes = request.scene_list  # refuses more than MAX_SCENES
     if not request.prompt.strip() and not scenes:
@@ -104,7 +137,17 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
         raise InputError("ip_adapter_scale", request.ip_adapter_scale, "only applies with face_image")
     if scenes and request.num_outputs != 1:
         raise InputError("num_outputs", request.num_outputs, "must be 1 with scenes (one image per scene)")
-    width, height = _size(request.aspect_ratio, request.width, request.height)
+    if request.mask is not None and request.image is None:
+        raise InputError("mask", str(request.mask), "needs image: the picture whose white areas are repainted")
+    if request.image is None and request.prompt_strength != DEFAULT_PROMPT_STRENGTH:
+        raise InputError("prompt_strength", request.prompt_strength, "only applies with image")
+    if not request.mask_keep_outside and request.mask is None:
+        raise InputError("mask_keep_outside", False, "only applies with mask")
+    if request.image is not None and scenes:
+        raise InputError("image", str(request.image), "not with scenes: a storyboard is made from text "
+                                                      "(use face_image to keep a character)")
+    width, height = _size(request.aspect_ratio, request.width, request.height, request.megapixels,
+                          request.image is not None)
     return request.model_copy(update={"width": width, "height": height})
 
 
@@ -129,5 +172,5 @@ def check_model_options(request: GenerationRequest, spec: ModelSpec, ad_negative
     if request.face_image is not None and not spec.ip_adapter:
         raise InputError("face_image", str(request.face_image), f"not supported with {spec.name} yet; use sdxl")
     for name, value in (("width", request.width), ("height", request.height)):
-        if value % spec.size_multiple:
+        if value is not None and value % spec.size_multiple:
             raise InputError(name, value, f"a multiple of {spec.size_multiple} for {spec.name}")

@@ -167,6 +167,10 @@ extras_identity() {
     && "$PYTHON" scripts/bench_identity.py --weights "$SDXL_W" --ip-adapter "$ADAPTER_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" \
          --json "$STEP_DIR/identity.json"
 }
+extras_image_modes() {
+  # txt2img, img2img at strength 0.8 and inpaint, on the balanced preset, plain diffusers against the service
+  "$PYTHON" scripts/bench_image_modes.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" --out "$STEP_DIR"
+}
 extras_adetailer() {
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
     .whl/adetailer/*.whl || { echo "FAILED: installing .whl/adetailer (run scripts/gpu_wheels.sh here)"; return 1; }
@@ -177,7 +181,7 @@ extras_compile() {
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
 export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_imports sdxl_ablation \
-  flux_generation flux_schnell flux_coldstart extras_identity extras_adetailer extras_compile
+  flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_adetailer extras_compile
 export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
   SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE
 
@@ -201,6 +205,7 @@ case "$PART" in
   extras)
     step weights 240 sdxl_weights
     step identity 150 extras_identity
+    step image_modes 120 extras_image_modes
     step adetailer 100 extras_adetailer
     step compile 300 extras_compile
     ;;

@@ -1,7 +1,9 @@
 """Start Cog's real HTTP server (coglet) on loopback with this predictor, without Docker.
 
-Equivalent to what the container built by ``cog build`` runs. Extra arguments go to the server,
-e.g. ``--await-explicit-shutdown true``.
+Equivalent to what the container built by ``cog build`` runs, schema included: it first writes
+``.cog/openapi_schema.json`` from ``predict.py`` (``scripts/cog_schema.py``), which the server then
+enforces before ``predict()`` runs, as in a built image. Extra arguments go to the server, e.g.
+``--await-explicit-shutdown true``.
 
 Usage: python scripts/serve.py [--port 5000] [--weights PATH_OR_URL]
 """
@@ -43,6 +45,10 @@ def main() -> None:
     parser.add_argument("--weights", help="the default model's weights path or URL (default: $SDXL_WEIGHTS)")
     args, extra = parser.parse_known_args()
     os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    from scripts.cog_schema import write_schema
+
+    write_schema(ROOT)
     command = server_command(args.host, extra)
     os.execve(command[0], command, server_env(args.port, args.weights))
 

@@ -18,6 +18,7 @@ from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboar
 from presets import EffectiveSettings, resolve
 from request.adetailer import ADetailerArgs, parse_adetailer_args
 from request.generation import GenerationRequest, check_model_options, parse_request, requested_model
+from request.image_inputs import ImageInputs, load_image_inputs
 from request.inputs import split_inputs
 from request.reference_image import load_reference_image
 from service.outputs import save_images
@@ -50,7 +51,7 @@ class JobResult:
         }
         if self.sheet is not None:
             values["seconds_per_scene"] = round(self.generation_seconds / len(self.images), 4)
-        else:
+        elif self.steps:
             values["steps_per_second"] = round(self.steps / self.generation_seconds, 3)
         values.update({name: round(seconds, 4) for name, seconds in self.timings.items()})
         return values
@@ -65,6 +66,9 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     spec = requested_model(request.model, default.model, available)
     check_model_options(request, spec, ad_args.ad_negative_prompt)
     reference = load_reference_image(request.face_image) if request.face_image is not None else None
+    start: Optional[ImageInputs] = None
+    if request.image is not None:  # the caller's picture (and mask): read, sized, and the size settled
+        request, start = load_image_inputs(request, spec.size_multiple)
 
     # 2. Resolve the preset with the request's overrides.
     settings = resolve(spec.name, request.preset, request.num_inference_steps, request.guidance_scale,
@@ -82,8 +86,8 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
         # 5. Generate: one batch, or a storyboard's scenes.
         started = time.perf_counter()
         with identity.active(settings.ip_adapter_scale):
-            images, prompts = _generate(model, backend.device, request, settings, seed, identity)
-        result = JobResult(images, prompts, seed, time.perf_counter() - started, settings.num_inference_steps)
+            images, prompts, steps = _generate(model, backend.device, request, settings, seed, identity, start)
+        result = JobResult(images, prompts, seed, time.perf_counter() - started, steps)
 
         # 6. Fix faces and hands, only when the request asks for it.
         if not ad_args.need_skip():
@@ -98,24 +102,31 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
 
 
 def _generate(model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, seed: int,
-              identity: Identity) -> tuple[list[Any], list[str]]:
-    """The images and the prompt that made each. Image ``i`` of a batch, and scene ``i`` of a
-    storyboard, uses ``seed + i``, so any one can be redone alone."""
+              identity: Identity, start: Optional[ImageInputs]) -> tuple[list[Any], list[str], int]:
+    """The images, the prompt that made each, and the denoising steps each ran. Image ``i`` of a
+    batch, and scene ``i`` of a storyboard, uses ``seed + i``, so any one can be redone alone."""
     if not request.scene_list:
+        unchanged = start.nothing_to_do() if start is not None else None
+        if unchanged:
+            log.info("%s; returning the input image unchanged", unchanged)
+            return [start.given.copy() for _ in range(request.num_outputs)], [request.prompt] * request.num_outputs, 0
         batch = Batch([request.prompt], request.num_outputs, seed)
-        images = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size)).images
-        return images, [request.prompt] * request.num_outputs
+        result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size), start)
+        return result.images, [request.prompt] * request.num_outputs, result.steps
     prompts = scene_prompts(request.scene_list, request.character, request.prompt)
     size = storyboard_batch_size(device, _free_gpu_bytes(device), request.width, request.height, len(prompts))
     log.info("storyboard: %d scenes in batches of %d", len(prompts), size)
     started = time.perf_counter()
     images: list[Any] = []
+    steps = 0
     for chunk in batches(len(prompts), size):
         label = f"scene {chunk.start + 1}" if len(chunk) == 1 else f"scenes {chunk.start + 1}-{chunk.stop}"
         batch = Batch([prompts[i] for i in chunk], 1, seed + chunk.start, label)
-        images += generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size)).images
+        result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size))
+        images += result.images
+        steps = result.steps
     log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
-    return images, prompts
+    return images, prompts, steps
 
 
 def _fix_details(model: LoadedModel, result: JobResult, ad_args: ADetailerArgs, request: GenerationRequest,

@@ -81,14 +81,24 @@ def http_json(url: str, body: dict | None = None, timeout: float = 300.0) -> dic
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
-        body = error.read()[:2000]
+        body = error.read()[:20000]
         if error.code == 409 and b"At capacity" in body:
             raise AtCapacity(body.decode(errors="replace")) from None
+        if error.code == 422:
+            raise Refused(json.loads(body)) from None
         raise AssertionError(f"HTTP {error.code} from {url}: {body!r}") from None
 
 
 class AtCapacity(Exception):
     """The server's one prediction slot is still busy."""
+
+
+class Refused(Exception):
+    """422: the server refused the input against the schema, before predict() ran."""
+
+    def __init__(self, body: dict) -> None:
+        super().__init__(body)
+        self.body = body
 
 
 class CogServer:
@@ -100,12 +110,15 @@ class CogServer:
     def predict(self, **inputs: object) -> dict:
         """POST a prediction, retrying briefly on 409: coglet 0.23 answers a synchronous prediction
         a moment before it frees the slot, so a client that fires the next request at once can be
-        told "At capacity". Replicate's own queue retries the same way."""
+        told "At capacity". Replicate's own queue retries the same way. A 422 (the schema refused
+        the input, as a built image does) comes back as ``{"status": "refused", "detail": [...]}``."""
         for _ in range(50):
             try:
                 return http_json(f"{self.url}/predictions", {"input": inputs})
             except AtCapacity:
                 time.sleep(0.1)
+            except Refused as refused:
+                return {"status": "refused", "detail": refused.body["detail"]}
         raise TimeoutError("server stayed at capacity for 5 s")
 
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from adetailer.mask import blur, dilate_erode
-from adetailer.runner import detector_for, inpaint_pipeline, run_adetailer
+from adetailer.runner import detector_for, run_adetailer
+from pipeline.variants import inpaint_pipeline
 from presets import resolve
 from request.adetailer import parse_adetailer_args
 from tests.conftest import predict_inputs

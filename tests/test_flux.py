@@ -194,3 +194,32 @@ def test_a_refused_request_loads_downloads_and_evicts_nothing(multi, overrides: 
     with pytest.raises(InputError):
         multi.predict(**predict_inputs(model="flux-dev", **overrides))
     assert MODEL_CACHE.ids() == before
+
+
+def test_flux_dev_img2img_and_inpainting_share_the_loaded_weights(multi, tmp_path: Path) -> None:
+    """Flux-dev through FluxImg2ImgPipeline and FluxInpaintPipeline, built with from_pipe on its own modules."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.variants import pipeline_for
+    from tests.conftest import predict_inputs
+
+    source = Image.fromarray((np.random.RandomState(5).rand(64, 96, 3) * 255).astype(np.uint8))
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (32, 16, 64, 48))
+    source.save(tmp_path / "image.png")
+    mask.save(tmp_path / "mask.png")
+    common = dict(model="flux-dev", output_format="png", num_inference_steps=4, width=96, height=64)
+    img2img = multi.predict(**predict_inputs(**common, image=str(tmp_path / "image.png"), prompt_strength=0.5))
+    assert Image.open(img2img[0]).size == (96, 64)
+    inpaint = multi.predict(**predict_inputs(**common, image=str(tmp_path / "image.png"), mask=str(tmp_path / "mask.png")))
+    out = np.asarray(Image.open(inpaint[0]).convert("RGB"))
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], np.asarray(source)[outside])
+    from pipeline.loading.select import select_model
+
+    flux = select_model("flux-dev", multi.service.default_source, multi.service.backend)  # loaded: reused
+    for kind, class_name in (("img2img", "FluxImg2ImgPipeline"), ("inpaint", "FluxInpaintPipeline")):
+        variant = pipeline_for(flux, kind)
+        assert type(variant).__name__ == class_name
+        assert variant.transformer is flux.pipe.transformer and variant.vae is flux.pipe.vae
