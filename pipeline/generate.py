@@ -113,8 +113,9 @@ def generate(
     speed = model.speed
     # Our own bf16 decode replaces diffusers' fp32 one (SDXL only: pipeline.speed.settings's data says so).
     own_decode = speed.vae_decode == "bfloat16"
-    # The adapter's processors are swapped in per request; graphs are kept for the plain text model only.
-    runner = model.graphs if not ip_adapter and kind == "text" else None
+    # The adapter's processors and a request's LoRA layers are per request: graphs were captured without
+    # them and are kept for the plain text model only (pipeline.lora.adapters).
+    runner = model.graphs if not ip_adapter and kind == "text" and not model.active_loras else None
     progress = StepProgress(steps, batch.label)
     started = time.perf_counter()
     with torch.inference_mode(), attention_kernels(speed), graphed(pipe, runner):

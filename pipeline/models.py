@@ -6,6 +6,7 @@ whatever runs or changes it holds (``LoadedModel``). ``request.catalog`` has the
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -40,6 +41,10 @@ class LoadedModel:
     profile: Optional[Profile] = None  # the hardware profile it was loaded under
     speed: SpeedSettings = SpeedSettings()  # generation speed switches in force (pipeline.speed.settings)
     graphs: Optional[Any] = None  # the denoiser's CUDA graphs (pipeline.speed.cuda_graphs), when in use
+    # LoRA adapters loaded on the pipeline, least recently used first (name -> URL), and those switched on
+    # for the request running now (pipeline.lora.adapters); none is on between requests
+    loras: "OrderedDict[str, str]" = field(default_factory=OrderedDict, repr=False, compare=False)
+    active_loras: tuple[str, ...] = ()
     # Held by whatever runs or changes the pipeline (a request, an adapter or inpaint pipeline being
     # built on it, a background preload), so none of them sees another's half-swapped modules.
     # Taken before the cache's own per-entry locks, never after, so the order is always the same.

@@ -8,6 +8,7 @@ request against its model's spec (``check_model_options``) before anything loads
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any, Literal, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,8 @@ CUSTOM_ASPECT = "custom"
 MIN_SIDE, MAX_SIDE = 64, 2048  # the bounds of width and height
 MEGAPIXELS = ("1", "0.25")  # as cog-flux: strings, scaling the aspect-ratio buckets and image-derived sizes
 DEFAULT_PROMPT_STRENGTH = 0.8  # replicate/cog-sdxl's and cog-flux's
+DEFAULT_LORA_SCALE = 1.0  # cog-flux's lora_scale and extra_lora_scale: -1 to 3
+LORA_FIELDS = (("lora_weights", "lora_scale"), ("extra_lora", "extra_lora_scale"))
 
 
 class GenerationRequest(BaseModel):
@@ -84,6 +87,12 @@ class GenerationRequest(BaseModel):
     mask_keep_outside: Flag = Field(
         True, description="With mask: paste the pixels outside the mask back exactly as given. "
                           "false: keep the model's re-encoding of them.")
+    lora_weights: Text = Field(
+        "", max_length=2_000, description="A LoRA to apply: an http(s) URL of a .safetensors file, or of a tar holding one "
+                                          "(diffusers/PEFT or kohya layout; SDXL or Flux, matching model). Empty: none.")
+    lora_scale: Number = Field(DEFAULT_LORA_SCALE, ge=-1.0, le=3.0, description="How strongly lora_weights applies.")
+    extra_lora: Text = Field("", max_length=2_000, description="A second LoRA, stacked on lora_weights: an http(s) URL.")
+    extra_lora_scale: Number = Field(DEFAULT_LORA_SCALE, ge=-1.0, le=3.0, description="How strongly extra_lora applies.")
     scenes: Text = Field("", max_length=12_000, description=f"Storyboard: one scene per line, up to {MAX_SCENES}. "
                                                             "Returns one image per scene and a contact sheet.")
     character: Text = Field("", max_length=2_000,
@@ -122,6 +131,29 @@ def _size(aspect_ratio: str, width: Optional[int], height: Optional[int], megapi
     return int(bucket_width * scale), int(bucket_height * scale)
 
 
+def _check_loras(request: GenerationRequest) -> None:
+    """URLs are http(s) (where they may point is checked when fetched); a scale needs its LoRA."""
+    urls = []
+    for field, scale_field in LORA_FIELDS:
+        url, scale = getattr(request, field).strip(), getattr(request, scale_field)
+        if not url:
+            if scale != DEFAULT_LORA_SCALE:
+                raise InputError(scale_field, scale, f"only applies with {field}")
+            continue
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise InputError(field, url, "an http or https URL of a .safetensors file (or a tar holding one)")
+        if url in urls:
+            raise InputError(field, url, "the same LoRA as lora_weights; raise lora_scale instead")
+        urls.append(url)
+
+
+def lora_inputs(request: GenerationRequest) -> list[tuple[str, str, float]]:
+    """(field, URL, scale) of each LoRA the request names, in order."""
+    return [(field, getattr(request, field).strip(), getattr(request, scale_field))
+            for field, scale_field in LORA_FIELDS if getattr(request, field).strip()]
+
+
 def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     """Validate a raw input mapping (as Cog passes it) into a ``GenerationRequest`` with its size
     resolved (left empty when it follows ``image``, until the image is read), or raise ``InputError``.
@@ -146,6 +178,7 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     if request.image is not None and scenes:
         raise InputError("image", str(request.image), "not with scenes: a storyboard is made from text "
                                                       "(use face_image to keep a character)")
+    _check_loras(request)
     width, height = _size(request.aspect_ratio, request.width, request.height, request.megapixels,
                           request.image is not None)
     return request.model_copy(update={"width": width, "height": height})

@@ -49,11 +49,12 @@ export PYTHONUNBUFFERED=1
 if [ "$REHEARSAL" = 1 ]; then
   DEVICE=cpu; SDXL_SIZE=tiny; FLUX_DEV=tiny; FLUX_SCHNELL=tiny-schnell; ADAPTER_SIZE=tiny
   SDXL_CASES=64x64x2,128x128x2; SDXL_CASE=64x64x2; FLUX_CASE=64x64x2; SCHNELL_CASE=64x64x4; RUNS=1; ABLATE_RUNS=1; IMAGE_SIZE=128
+  LORA_RANKS=4
   export CUDA_VISIBLE_DEVICES=""  # a rehearsal never touches a GPU, even on a machine with one
 else
   DEVICE=cuda; SDXL_SIZE=full; FLUX_DEV=dev; FLUX_SCHNELL=schnell; ADAPTER_SIZE=full
   SDXL_CASES=1024x1024x20,768x768x15; SDXL_CASE=1024x1024x20; FLUX_CASE=1024x1024x28; SCHNELL_CASE=1024x1024x4
-  RUNS=5; ABLATE_RUNS=3; IMAGE_SIZE=1024
+  RUNS=5; ABLATE_RUNS=3; IMAGE_SIZE=1024; LORA_RANKS=16,64
 fi
 W="$WORK/weights"
 SDXL_W="$W/sdxl-$SDXL_SIZE"; FLUX_W="$W/flux-$FLUX_DEV"; SCHNELL_W="$W/flux-$FLUX_SCHNELL"; ADAPTER_W="$W/ip-adapter-$ADAPTER_SIZE"
@@ -171,6 +172,11 @@ extras_image_modes() {
   # txt2img, img2img at strength 0.8 and inpaint, on the balanced preset, plain diffusers against the service
   "$PYTHON" scripts/bench_image_modes.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" --out "$STEP_DIR"
 }
+extras_lora() {
+  # LoRA by URL: cold and cached fetch and load, time per image with none, one and two, the restore
+  "$PYTHON" scripts/bench_lora.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --ranks "$LORA_RANKS" --runs "$ABLATE_RUNS" \
+    --out "$STEP_DIR"
+}
 extras_adetailer() {
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
     .whl/adetailer/*.whl || { echo "FAILED: installing .whl/adetailer (run scripts/gpu_wheels.sh here)"; return 1; }
@@ -181,9 +187,9 @@ extras_compile() {
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
 export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_imports sdxl_ablation \
-  flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_adetailer extras_compile
+  flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_adetailer extras_compile
 export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
-  SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE
+  SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS
 
 # 2. The part's steps, most valuable first.
 step environment 60 environment
@@ -206,6 +212,7 @@ case "$PART" in
     step weights 240 sdxl_weights
     step identity 150 extras_identity
     step image_modes 120 extras_image_modes
+    step lora 150 extras_lora
     step adetailer 100 extras_adetailer
     step compile 300 extras_compile
     ;;

@@ -3,21 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from hardware.backend import Backend
 from pipeline.generate import Batch, generate, pick_seed
 from pipeline.ip_adapter import Identity, identity_for
 from pipeline.loading.select import select_model
+from pipeline.lora import LoraRejected, applied, fetch_loras
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from presets import EffectiveSettings, resolve
 from request.adetailer import ADetailerArgs, parse_adetailer_args
-from request.generation import GenerationRequest, check_model_options, parse_request, requested_model
+from request.errors import InputError
+from request.generation import GenerationRequest, check_model_options, lora_inputs, parse_request, requested_model
 from request.image_inputs import ImageInputs, load_image_inputs
 from request.inputs import split_inputs
 from request.reference_image import load_reference_image
@@ -77,21 +80,25 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     # 3. Select the model, loading it on first use.
     model = select_model(spec.name, default, backend)
 
-    # 4. Identity: the IP-Adapter, loaded on first use, when a face is given.
+    # 4. Identity: the IP-Adapter, loaded on first use, when a face is given; LoRAs, fetched or from the cache.
     identity = identity_for(model, reference, settings.ip_adapter_scale, guidance=settings.guidance_scale > 1)
+    loras = fetch_loras(lora_inputs(request))
 
     seed = pick_seed(request.seed)
     log.info("Using seed: %d", seed)
-    with model.lock:  # nothing else may change this pipeline while the request runs on it
-        # 5. Generate: one batch, or a storyboard's scenes.
+    with model.lock, _loras_on(model, loras) as lora_timings:  # nothing else may change the pipeline meanwhile
+        # 5. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
         started = time.perf_counter()
         with identity.active(settings.ip_adapter_scale):
             images, prompts, steps = _generate(model, backend.device, request, settings, seed, identity, start)
         result = JobResult(images, prompts, seed, time.perf_counter() - started, steps)
 
-        # 6. Fix faces and hands, only when the request asks for it.
+        # 6. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
         if not ad_args.need_skip():
             result.images = _fix_details(model, result, ad_args, request, settings)
+    result.timings.update(lora_timings)
+    if loras:
+        result.timings["lora_fetch_seconds"] = sum(lora.file.seconds for lora in loras)
 
     # 7. Outputs: a storyboard's contact sheet, then the files.
     if request.scene_list:
@@ -127,6 +134,16 @@ def _generate(model: LoadedModel, device: str, request: GenerationRequest, setti
         steps = result.steps
     log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
     return images, prompts, steps
+
+
+@contextlib.contextmanager
+def _loras_on(model: LoadedModel, loras: list) -> Iterator[dict[str, float]]:
+    """The request's LoRAs on for the block; one that cannot go on this model is an error naming its field."""
+    try:
+        with applied(model, loras) as timings:
+            yield timings
+    except LoraRejected as error:
+        raise InputError(error.lora.field, error.lora.file.url, str(error)) from None
 
 
 def _fix_details(model: LoadedModel, result: JobResult, ad_args: ADetailerArgs, request: GenerationRequest,

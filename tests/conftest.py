@@ -133,6 +133,7 @@ def cog_server(
     env = dict(
         os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"), IP_ADAPTER_WEIGHTS=str(ip_adapter_weights),
         FLUX_SCHNELL_WEIGHTS=str(flux_weights["flux-schnell"]),
+        LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(workdir / "lora-cache"),  # the tests' LoRA server is on loopback
     )
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 class FetchError(RuntimeError):
     """The weights at a URL could not be fetched or did not match their checksum."""
+
+
+class TooLarge(FetchError):
+    """The file at a URL is larger than the caller allows."""
 
 
 def split_checksum(url: str) -> tuple[str, Optional[str]]:
@@ -51,12 +55,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_once(url: str, part: Path, timeout: float) -> None:
-    """Append the rest of ``url`` to ``part``; restarts from zero if the server ignores Range."""
+def _copy_capped(response: Any, out: Any, written: int, max_bytes: Optional[int], url: str) -> None:
+    while block := response.read(CHUNK):
+        written += len(block)
+        if max_bytes is not None and written > max_bytes:
+            raise TooLarge(f"{url} is larger than {max_bytes} bytes")
+        out.write(block)
+
+
+def _download_once(url: str, part: Path, timeout: float, max_bytes: Optional[int] = None,
+                   opener: Optional[urllib.request.OpenerDirector] = None) -> None:
+    """Append the rest of ``url`` to ``part``; restarts from zero if the server ignores Range.
+    More than ``max_bytes`` in all (announced or read) raises ``TooLarge``."""
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = (opener.open if opener else urllib.request.urlopen)(request, timeout=timeout)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:  # nothing left to fetch: the part file is complete
             return
@@ -67,21 +81,33 @@ def _download_once(url: str, part: Path, timeout: float) -> None:
             log.info("server ignored the range request; downloading %s from the start", url)
         length = response.headers.get("Content-Length")
         expected_size = (offset if resumed else 0) + int(length) if length is not None else None
+        if max_bytes is not None and expected_size is not None and expected_size > max_bytes:
+            raise TooLarge(f"{url} is {expected_size} bytes; at most {max_bytes} allowed")
         with part.open("ab" if resumed else "wb") as out:
-            shutil.copyfileobj(response, out, CHUNK)
+            _copy_capped(response, out, offset if resumed else 0, max_bytes, url)
     # A dropped connection can look like a clean end of stream; only the byte count tells.
     if expected_size is not None and part.stat().st_size < expected_size:
         raise http.client.IncompleteRead(b"", expected_size - part.stat().st_size)
 
 
-def _fetch_verified(url: str, expected: Optional[str], final: Path, timeout: float) -> None:
+def _fetch_verified(url: str, expected: Optional[str], final: Path, timeout: float, max_bytes: Optional[int] = None,
+                    opener: Optional[urllib.request.OpenerDirector] = None) -> None:
     """Download into a ``.part`` file with retries and resume, verify, then move into place."""
     part = final.with_name(final.name + ".part")
     started = time.perf_counter()
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            _download_once(url, part, timeout)
+            _download_once(url, part, timeout, max_bytes, opener)
             break
+        except TooLarge:
+            part.unlink(missing_ok=True)
+            raise
+        except urllib.error.HTTPError as error:
+            if error.code < 500 or attempt == ATTEMPTS:  # a 404 does not get better by asking again
+                part.unlink(missing_ok=True)
+                raise FetchError(f"could not download {url}: HTTP {error.code} {error.reason}") from None
+            log.warning("download of %s failed (HTTP %d); retrying (attempt %d)", url, error.code, attempt + 1)
+            time.sleep(min(0.5 * attempt, 5.0))
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             if attempt == ATTEMPTS:
                 raise FetchError(f"could not download weights from {url}: {error}") from error
@@ -97,6 +123,13 @@ def _fetch_verified(url: str, expected: Optional[str], final: Path, timeout: flo
     size = part.stat().st_size
     part.replace(final)
     log.info("downloaded %s (%.1f MB) in %.2f s", url, size / 1e6, time.perf_counter() - started)
+
+
+def fetch_to(url: str, final: Path, timeout: float, max_bytes: Optional[int] = None,
+             opener: Optional[urllib.request.OpenerDirector] = None) -> None:
+    """Fetch ``url`` (optionally ``#sha256=HEX``) to ``final``: resumable, retried, capped at ``max_bytes``."""
+    plain_url, expected = split_checksum(url)
+    _fetch_verified(plain_url, expected, final, timeout, max_bytes, opener)
 
 
 def download(url: str, cache_dir: Path, timeout: float = 60.0) -> Path:
