@@ -65,6 +65,7 @@ class Predictor(BasePredictor):
         lora_scale: float = Input(default=1.0, description='How strongly lora_weights applies.', ge=-1.0, le=3.0),
         extra_lora: str = Input(default='', description='A second LoRA, stacked on lora_weights: an http(s) URL.', max_length=2000),
         extra_lora_scale: float = Input(default=1.0, description='How strongly extra_lora applies.', ge=-1.0, le=3.0),
+        disable_safety_checker: bool = Input(default=False, description='Skip the safety checker (when the operator has one); images it flags are otherwise withheld.'),
         scenes: str = Input(default='', description='Storyboard: one scene per line, up to 12. Returns one image per scene and a contact sheet.', max_length=12000),
         character: str = Input(default='', description="Storyboard: the character description, put first in every scene's prompt.", max_length=2000),
         adetailer: bool = Input(default=False, description='Fix faces/hands after generation (ADetailer). Off unless true.'),

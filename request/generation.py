@@ -93,6 +93,8 @@ class GenerationRequest(BaseModel):
     lora_scale: Number = Field(DEFAULT_LORA_SCALE, ge=-1.0, le=3.0, description="How strongly lora_weights applies.")
     extra_lora: Text = Field("", max_length=2_000, description="A second LoRA, stacked on lora_weights: an http(s) URL.")
     extra_lora_scale: Number = Field(DEFAULT_LORA_SCALE, ge=-1.0, le=3.0, description="How strongly extra_lora applies.")
+    disable_safety_checker: Flag = Field(
+        False, description="Skip the safety checker (when the operator has one); images it flags are otherwise withheld.")
     scenes: Text = Field("", max_length=12_000, description=f"Storyboard: one scene per line, up to {MAX_SCENES}. "
                                                             "Returns one image per scene and a contact sheet.")
     character: Text = Field("", max_length=2_000,

@@ -16,6 +16,7 @@ from pipeline.ip_adapter import Identity, identity_for
 from pipeline.loading.select import select_model
 from pipeline.lora import LoraRejected, applied, fetch_loras
 from pipeline.models import LoadedModel, WeightsSource
+from pipeline.safety_checker import checker_for
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from presets import EffectiveSettings, resolve
 from request.adetailer import ADetailerArgs, parse_adetailer_args
@@ -39,13 +40,15 @@ class JobResult:
     sheet: Optional[Any] = None
     timings: dict[str, float] = field(default_factory=dict)
     paths: list[Path] = field(default_factory=list)
+    numbers: Optional[list[int]] = None  # each image's number in the request (1-based), once some were withheld
+    counts: dict[str, int] = field(default_factory=dict)  # whole-number metrics (nsfw_dropped)
 
     def outputs(self) -> tuple[list[Any], Optional[list[str]]]:
         """Images to save and their file names (None: ``out-<i>``); a storyboard ends with its sheet."""
         if self.sheet is None:
             return self.images, None
-        names = [f"scene-{i:02d}" for i in range(1, len(self.images) + 1)] + ["contact-sheet"]
-        return self.images + [self.sheet], names
+        numbers = self.numbers or list(range(1, len(self.images) + 1))
+        return self.images + [self.sheet], [f"scene-{i:02d}" for i in numbers] + ["contact-sheet"]
 
     def metrics(self) -> dict[str, Any]:
         """Cog metrics for this prediction (Cog adds its own ``predict_time``)."""
@@ -57,6 +60,7 @@ class JobResult:
         elif self.steps:
             values["steps_per_second"] = round(self.steps / self.generation_seconds, 3)
         values.update({name: round(seconds, 4) for name, seconds in self.timings.items()})
+        values.update(self.counts)
         return values
 
 
@@ -100,7 +104,10 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     if loras:
         result.timings["lora_fetch_seconds"] = sum(lora.file.seconds for lora in loras)
 
-    # 7. Outputs: a storyboard's contact sheet, then the files.
+    # 7. The safety checker, unless the request turns it off; then the outputs: a storyboard's contact
+    # sheet (from the scenes that passed), then the files.
+    if not request.disable_safety_checker:
+        _check_safety(result, model)
     if request.scene_list:
         result.sheet = contact_sheet(result.images)
     images, names = result.outputs()
@@ -134,6 +141,34 @@ def _generate(model: LoadedModel, device: str, request: GenerationRequest, setti
         steps = result.steps
     log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
     return images, prompts, steps
+
+
+class AllImagesWithheld(RuntimeError):
+    """The safety checker flagged every image of the prediction."""
+
+
+def _check_safety(result: JobResult, model: LoadedModel) -> None:
+    """Withhold the images the checker flags (logged by number and why); fail when none is left."""
+    started = time.perf_counter()
+    checker = checker_for(model.pipe.device.type, model.pipe.dtype)
+    if checker is None:
+        log.info("safety checker: none configured; %d image(s) returned unchecked", len(result.images))
+        return
+    verdicts = checker.verdicts(result.images)
+    result.timings["safety_check_seconds"] = time.perf_counter() - started
+    result.counts["nsfw_dropped"] = sum(reason is not None for reason in verdicts)
+    for number, reason in enumerate(verdicts, start=1):
+        if reason:
+            log.warning("safety checker: image %d withheld: %s", number, reason)
+    if result.counts["nsfw_dropped"] == len(result.images):
+        raise AllImagesWithheld(f"All {len(result.images)} image(s) were flagged as NSFW by the safety checker and withheld. "
+                                "Try again with another seed or prompt.")
+    if result.counts["nsfw_dropped"]:
+        result.numbers = [number for number, reason in enumerate(verdicts, start=1) if reason is None]
+        result.images = [image for image, reason in zip(result.images, verdicts, strict=True) if reason is None]
+        result.prompts = [prompt for prompt, reason in zip(result.prompts, verdicts, strict=True) if reason is None]
+    log.info("safety checker: %d of %d image(s) passed in %.3f s", len(result.images), len(verdicts),
+             result.timings["safety_check_seconds"])
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from hardware.backend import Backend, configure_backend, start_device_init
 from pipeline.loading.select import load_source, start_weight_stream
 from pipeline.loading.weights import available_models, configured_weights, default_model_name, resolve_weights
 from pipeline.models import LoadedModel, WeightsSource
+from pipeline.safety_checker import report_configuration as report_safety_checker
 from request.catalog import MODELS
 from startup.cmdargs import filter_sys_argv
 from startup.import_diet import diet, pause_collector, resume_collector
@@ -102,6 +103,7 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
             backend = configure_backend(packages)
             device_ready = start_device_init(backend)
         with timer.stage("weights"):
+            report_safety_checker()  # a stat; REQUIRE_SAFETY_CHECKER=1 without weights stops here
             source = resolve_weights(setting, model=default_model)
             stream = start_weight_stream(source, backend, ready=device_ready)
         with timer.stage("imports"), diet(backend.settings):

@@ -58,6 +58,10 @@ def deferred_for(profile: Profile) -> list[str]:
     """The libraries to hide for ``profile`` (none with ``LAZY_IMPORTS=0``)."""
     if not settings.get("LAZY_IMPORTS"):
         return []
+    if any(library in sys.modules for library in ("diffusers", "transformers")):
+        # their verdicts are made already (an operator's code or a script imported them first): hiding
+        # a library they saw would only make their later imports of it fail
+        return []
     return [name for name in DEFERRED if not (name == "bitsandbytes" and profile.uses_bitsandbytes)]
 
 

@@ -1,4 +1,4 @@
-"""Warm the optional parts (ADetailer, IP-Adapter) in the background after start-up, when asked.
+"""Warm the optional parts (ADetailer, IP-Adapter, safety checker) in the background after start-up, when asked.
 
 Off by default: a service whose callers never send ``adetailer`` or ``face_image`` should not pay
 memory for them, and with it off nothing of theirs is even imported. An operator who knows they
@@ -35,7 +35,15 @@ def _ip_adapter(model: Any) -> None:
     load_adapter(model)
 
 
-PARTS: Mapping[str, Callable[[Any], None]] = {"adetailer": _adetailer, "ip_adapter": _ip_adapter}
+def _safety_checker(model: Any) -> None:
+    from pipeline.safety_checker import checker_for
+
+    checker_for(model.pipe.device.type, model.pipe.dtype)
+
+
+PARTS: Mapping[str, Callable[[Any], None]] = {
+    "adetailer": _adetailer, "ip_adapter": _ip_adapter, "safety_checker": _safety_checker,
+}
 
 
 def requested_parts(env: Optional[Mapping[str, str]] = None) -> list[str]:

@@ -3,6 +3,7 @@ real Cog HTTP server on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,24 +123,18 @@ class CogServer:
         raise TimeoutError("server stayed at capacity for 5 s")
 
 
-@pytest.fixture(scope="session")
-def cog_server(
-    tiny_weights: Path, ip_adapter_weights: Path, flux_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[CogServer]:
-    """The real coglet server, started as a user would (scripts/serve.py), with the flags the
-    hosted server passes, which the predictor must filter."""
-    workdir = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def serve(weights: Path, workdir: Path, env: dict[str, str], ready: bool = True) -> Iterator[CogServer]:
+    """The real coglet server, started as a user would (scripts/serve.py), with the flags the hosted
+    server passes, which the predictor must filter. ``ready=False``: yield once setup has finished,
+    however it ended."""
     port = free_port()
-    env = dict(
-        os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"), IP_ADAPTER_WEIGHTS=str(ip_adapter_weights),
-        FLUX_SCHNELL_WEIGHTS=str(flux_weights["flux-schnell"]),
-        LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(workdir / "lora-cache"),  # the tests' LoRA server is on loopback
-    )
+    env = dict(os.environ, STARTUP_TIMINGS_PATH=str(workdir / "startup.json"), **env)
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "serve.py"), "--port", str(port),
-             "--weights", str(tiny_weights), "--await-explicit-shutdown", "true"],
+             "--weights", str(weights), "--await-explicit-shutdown", "true"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -150,7 +145,7 @@ def cog_server(
                 raise RuntimeError(f"server exited with {process.returncode}:\n{log_path.read_text()}")
             try:
                 health = http_json(f"{url}/health-check", timeout=5)
-                if health["status"] == "READY":
+                if health["status"] == "READY" or (not ready and health["status"] == "SETUP_FAILED"):
                     break
                 if health["status"] == "SETUP_FAILED":
                     raise RuntimeError(f"setup failed:\n{health}")
@@ -164,3 +159,18 @@ def cog_server(
         # --await-explicit-shutdown makes the server ignore SIGTERM, as in production.
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def cog_server(
+    tiny_weights: Path, ip_adapter_weights: Path, flux_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CogServer]:
+    """The real server with SDXL (default) and Flux-schnell, the IP-Adapter, and no safety checker."""
+    workdir = tmp_path_factory.mktemp("server")
+    env = dict(
+        IP_ADAPTER_WEIGHTS=str(ip_adapter_weights), FLUX_SCHNELL_WEIGHTS=str(flux_weights["flux-schnell"]),
+        LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(workdir / "lora-cache"),  # the tests' LoRA server is on loopback
+        SAFETY_CHECKER_WEIGHTS=str(workdir / "no-safety-checker"),
+    )
+    with serve(tiny_weights, workdir, env) as server:
+        yield server

@@ -88,6 +88,8 @@ def test_hidden_looks_uninstalled_inside_and_is_back_after(tmp_path: Path, monke
 
 def test_a_quantizing_profile_keeps_bitsandbytes_and_the_switch_turns_it_all_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAZY_IMPORTS", "1")
+    for library in ("diffusers", "transformers"):  # as at start-up: not imported yet (restored after)
+        monkeypatch.delitem(sys.modules, library, raising=False)
     plain = choose_profile("cpu", None, False, False, env={})
     assert deferred_for(plain) == list(DEFERRED)
     assert "bitsandbytes" not in deferred_for(replace(plain, flux_quantization="nf4"))
@@ -132,3 +134,12 @@ def test_the_collector_pauses_for_the_imports_and_freezes_once(monkeypatch: pyte
     else:
         assert gc.get_freeze_count() > 0
         gc.unfreeze()
+
+
+def test_nothing_is_hidden_once_diffusers_was_imported_before_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script that imports diffusers before setup() (scripts/bench_safety.py did) must not find bitsandbytes
+    hidden later: diffusers saw it installed and imports it when asked."""
+    monkeypatch.setenv("LAZY_IMPORTS", "1")
+    profile = choose_profile("cpu", None, False, False, env={})
+    monkeypatch.setitem(sys.modules, "diffusers", sys.modules.get("diffusers") or importlib.import_module("diffusers"))
+    assert deferred_for(profile) == []
