@@ -7,6 +7,7 @@ mask as alpha leaves every pixel outside the feathered mask byte-identical to th
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -16,6 +17,8 @@ from PIL import Image
 from adetailer.detection import Box
 from adetailer.mask import blur, bounding_box
 from pipeline.progress import StepProgress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class InpaintSettings:
     mask_blur: int
     native_size: int  # the model's trained side length in pixels (1024 for SDXL and Flux)
     size_multiple: int = 8  # the model's side granularity (16 for Flux)
+    only_masked: bool = True  # ad_inpaint_only_masked: a crop around the mask; false: the whole image
+    size: Optional[tuple[int, int]] = None  # ad_inpaint_width/height when asked; else the native area
 
 
 def crop_region(box: Box, padding: int, image_size: tuple[int, int]) -> Box:
@@ -54,9 +59,15 @@ def inpaint_region(
     box = bounding_box(mask)
     if box is None:
         return image
-    region = crop_region(box, settings.padding, image.size)
+    region = crop_region(box, settings.padding, image.size) if settings.only_masked else (0, 0, *image.size)
     crop = image.crop(region)
-    size = processing_size(crop.width, crop.height, settings.native_size, settings.size_multiple)
+    if settings.size is not None:  # the caller's size, in the model's multiple
+        size = tuple(max(settings.size_multiple, side // settings.size_multiple * settings.size_multiple)
+                     for side in settings.size)
+    else:
+        size = processing_size(crop.width, crop.height, settings.native_size, settings.size_multiple)
+    log.info("%s: %dx%d region inpainted at %dx%d, %d steps x strength %.2f, guidance %g, %s", label, crop.width,
+             crop.height, *size, settings.steps, settings.strength, settings.guidance_scale, type(pipe.scheduler).__name__)
     options = {"negative_prompt": settings.negative_prompt} if settings.negative_prompt else {}
     redrawn = pipe(
         prompt=settings.prompt,

@@ -95,3 +95,41 @@ def box_mask(box: Box, size: tuple[int, int]) -> Image.Image:
     x1, y1, x2, y2 = box
     mask.paste(255, (x1, y1, x2, y2))
     return mask
+
+
+def filter_k(detections: Detections, k: int, method: str = "Area") -> Detections:
+    """The top ``k`` detections (all when ``k`` is 0): the largest (``Area``) or the most confident."""
+    if method == "Area":
+        return filter_k_largest(detections, k)
+    ordered = _select(detections, sorted(range(len(detections)), key=lambda i: -detections.scores[i]))
+    return ordered if k <= 0 else _select(ordered, list(range(min(k, len(ordered)))))
+
+
+def offset(mask: Image.Image, x: int, y: int) -> Image.Image:
+    """The mask moved ``x`` pixels right and ``y`` pixels up (ADetailer's signs); what leaves the image is gone."""
+    if x == 0 and y == 0:
+        return mask
+    array = np.asarray(mask)
+    moved = np.zeros_like(array)
+    height, width = array.shape
+    dy = -y  # rows grow downwards
+    source = array[max(0, -dy):height - max(0, dy), max(0, -x):width - max(0, x)]
+    moved[max(0, dy):max(0, dy) + source.shape[0], max(0, x):max(0, x) + source.shape[1]] = source
+    return Image.fromarray(moved, mode="L")
+
+
+def merge_invert(masks: Sequence[Image.Image], mode: str) -> list[Image.Image]:
+    """``None``: the masks as they are; ``Merge``: their union, as one; ``Merge and Invert``: all but the union."""
+    if mode == "None" or not masks:
+        return list(masks)
+    union = np.maximum.reduce([np.asarray(mask) for mask in masks])
+    if mode == "Merge and Invert":
+        union = 255 - union
+    return [Image.fromarray(union.astype(np.uint8), mode="L")]
+
+
+def mask_preprocess(masks: Sequence[Image.Image], x_offset: int = 0, y_offset: int = 0, dilate: int = 0,
+                    mode: str = "None") -> list[Image.Image]:
+    """ADetailer's order: each mask moved, then grown or shrunk, then merged or inverted; empty ones dropped."""
+    prepared = [dilate_erode(offset(mask, x_offset, y_offset), dilate) for mask in masks]
+    return [mask for mask in merge_invert(prepared, mode) if bounding_box(mask) is not None]

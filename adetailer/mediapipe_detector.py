@@ -132,3 +132,55 @@ def hand_box(landmarks: Any, width: int, height: int) -> tuple[float, float, flo
     ys = [point.y * height for point in landmarks.landmark]
     margin = HAND_MARGIN * max(max(xs) - min(xs), max(ys) - min(ys))
     return min(xs) - margin, min(ys) - margin, max(xs) + margin, max(ys) + margin
+
+
+MESH_MODELS = ("mediapipe_face_mesh", "mediapipe_face_mesh_eyes_only")
+
+
+class MediapipeFaceMeshDetector:
+    """mediapipe face mesh (468 landmarks per face): the mask is the convex hull of the face's
+    landmarks, or with ``eyes_only`` the hulls of its two eyes, as the extension draws them.
+
+    The mesh gives no per-face score: ``confidence`` is the graph's detection gate, one graph per
+    value asked for (building one costs far more than a call), and each face found scores 1.0.
+    """
+
+    def __init__(self, eyes_only: bool = False, max_faces: int = 20) -> None:
+        from mediapipe.python.solutions import face_mesh
+
+        self.name = MESH_MODELS[eyes_only]
+        self._module = face_mesh
+        self._eyes_only = eyes_only
+        self._max_faces = max_faces
+        self._graphs: dict[float, Any] = {}
+        self._lock = threading.Lock()
+
+    def _graph(self, confidence: float) -> Any:
+        if confidence not in self._graphs:
+            self._graphs[confidence] = self._module.FaceMesh(
+                static_image_mode=True, max_num_faces=self._max_faces, refine_landmarks=True,
+                min_detection_confidence=max(confidence, FACE_GRAPH_FLOOR))
+        return self._graphs[confidence]
+
+    def detect(self, image: Image.Image, confidence: float) -> Detections:
+        import cv2
+
+        with self._lock:
+            result = self._graph(confidence).process(to_rgb_array(image))
+        width, height = image.size
+        boxes: list[Box] = []
+        masks: list[Image.Image] = []
+        regions = ([self._module.FACEMESH_LEFT_EYE, self._module.FACEMESH_RIGHT_EYE] if self._eyes_only
+                   else [self._module.FACEMESH_FACE_OVAL])
+        for face in result.multi_face_landmarks or []:
+            points = np.array([(point.x * width, point.y * height) for point in face.landmark], dtype=np.float32)
+            mask = np.zeros((height, width), np.uint8)
+            for connections in regions:
+                indices = sorted({index for pair in connections for index in pair})
+                hull = cv2.convexHull(points[indices].round().astype(np.int32))
+                cv2.fillConvexPoly(mask, hull, 255)
+            box = Image.fromarray(mask, mode="L").getbbox()
+            if box is not None:
+                boxes.append(box)
+                masks.append(Image.fromarray(mask, mode="L"))
+        return Detections(boxes=boxes, masks=masks, scores=[1.0] * len(boxes), backend=self.name)

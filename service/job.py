@@ -70,6 +70,10 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     generation_inputs, adetailer_inputs = split_inputs(raw)
     request = parse_request(generation_inputs)
     ad_args = parse_adetailer_args(adetailer_inputs)
+    if not ad_args.need_skip():
+        from adetailer.runner import check_detectors  # imported only when a request asks for ADetailer
+
+        check_detectors(ad_args)
     spec = requested_model(request.model, default.model, available)
     check_model_options(request, spec, ad_args.ad_negative_prompt)
     reference = load_reference_image(request.face_image) if request.face_image is not None else None

@@ -30,7 +30,11 @@ def test_defaults_match_the_extension_and_are_off() -> None:
     assert a.adetailer is False and a.need_skip() and a.passes() == ()
     defaults = (a.ad_confidence, a.ad_dilate_erode, a.ad_mask_blur, a.ad_denoising_strength, a.ad_inpaint_only_masked_padding)
     assert defaults == (0.3, 4, 4, 0.4, 32)
-    assert a.ad_mask_k_largest == 0 and a.ad_steps is None and a.ad_cfg_scale is None
+    assert a.ad_mask_k == 0 and a.ad_mask_filter_method == "Area" and a.ad_mask_k_largest is None
+    assert (a.ad_use_steps, a.ad_steps, a.ad_use_cfg_scale, a.ad_cfg_scale) == (False, 28, False, 7.0)
+    assert (a.ad_x_offset, a.ad_y_offset, a.ad_mask_merge_invert, a.ad_inpaint_only_masked) == (0, 0, "None", True)
+    assert (a.ad_use_inpaint_width_height, a.ad_inpaint_width, a.ad_inpaint_height) == (False, 512, 512)
+    assert (a.ad_use_sampler, a.ad_sampler, a.ad_model, a.ad_hand_model) == (False, "DPM++ 2M Karras", "auto", "auto")
 
 
 @pytest.mark.parametrize("options", [{}, {"adetailer_face": True}, {"ad_confidence": 0.9, "adetailer_hands": True},
@@ -50,7 +54,9 @@ def test_passes_run_face_then_hands() -> None:
 @pytest.mark.parametrize(
     "field, value, words",
     [("ad_confidence", 1.5, "from 0 to 1"), ("adetailer", "yes", "true or false"), ("ad_mask_blur", -1, "from 0 to 64"),
-     ("ad_denoising_strength", 2, "from 0 to 1"), ("ad_steps", 0, "from 1 to 100"), ("ad_mask_k_largest", 2.5, "an integer")],
+     ("ad_denoising_strength", 2, "from 0 to 1"), ("ad_steps", 0, "from 1 to 150"), ("ad_mask_k", 2.5, "an integer"),
+     ("ad_mask_filter_method", "Size", "allowed: Area, Confidence"),
+     ("ad_mask_merge_invert", "Invert", "allowed: None, Merge, Merge and Invert"), ("ad_sampler", "LMS", "allowed: Euler")],
 )
 def test_bad_options_name_the_field(field: str, value: object, words: str) -> None:
     with pytest.raises(InputError) as caught:
@@ -59,11 +65,19 @@ def test_bad_options_name_the_field(field: str, value: object, words: str) -> No
 
 
 def test_unknown_and_inconsistent_options_are_refused() -> None:
-    with pytest.raises(InputError, match="ad_model.*unknown input"):
-        args(ad_model="face_yolov8n.pt")
+    with pytest.raises(InputError, match="ad_tab_enable.*unknown input"):
+        args(ad_tab_enable=True)
+    with pytest.raises(InputError, match="ad_mask_k_largest.*send only ad_mask_k"):
+        args(ad_mask_k_largest=2, ad_mask_k=3)
     with pytest.raises(InputError, match="ad_mask_min_ratio.*must not exceed ad_mask_max_ratio"):
         args(ad_mask_min_ratio=0.5, ad_mask_max_ratio=0.2)
-    assert set(ADetailerArgs.model_fields) >= {"ad_confidence", "ad_mask_k_largest", "ad_inpaint_only_masked_padding"}
+    assert set(ADetailerArgs.model_fields) >= {"ad_confidence", "ad_mask_k", "ad_inpaint_only_masked_padding"}
+
+
+def test_the_old_top_k_name_still_works_and_says_it_is_deprecated(caplog) -> None:
+    with caplog.at_level("WARNING"):
+        assert args(ad_mask_k_largest=2).ad_mask_k == 2
+    assert "ad_mask_k_largest is deprecated" in caplog.text
 
 
 def detections(*boxes: tuple[int, int, int, int], size=(100, 100)) -> Detections:
@@ -101,3 +115,57 @@ def test_crop_region_and_processing_size() -> None:
     width, height = processing_size(200, 100, 1024)
     assert width % 8 == 0 and height % 8 == 0 and abs(width / height - 2) < 0.05
     assert abs(width * height - 1024 * 1024) / (1024 * 1024) < 0.02
+
+
+# ADetailer's mask steps, each alone on small arrays, then composed (adetailer.mask.mask_preprocess)
+
+def square(x1: int, y1: int, x2: int, y2: int, size: int = 10) -> Image.Image:
+    return box_mask((x1, y1, x2, y2), (size, size))
+
+
+def test_offset_moves_right_and_up_and_drops_what_leaves() -> None:
+    from adetailer.mask import offset
+
+    moved = np.asarray(offset(square(2, 2, 4, 4), 3, 1))
+    assert moved[1:3, 5:7].all() and moved.sum() == 4 * 255  # x 3 right, y 1 up
+    assert np.asarray(offset(square(8, 8, 10, 10), 5, 0)).sum() == 0  # off the image: gone, not wrapped
+
+
+def test_merge_and_invert() -> None:
+    from adetailer.mask import merge_invert
+
+    a, b = square(0, 0, 2, 2), square(5, 5, 7, 7)
+    assert len(merge_invert([a, b], "None")) == 2
+    (merged,) = merge_invert([a, b], "Merge")
+    assert np.asarray(merged).sum() == 8 * 255
+    (inverted,) = merge_invert([a, b], "Merge and Invert")
+    assert np.asarray(inverted).sum() == (100 - 8) * 255
+
+
+def test_filter_by_confidence_keeps_the_most_confident() -> None:
+    from adetailer.mask import filter_k
+
+    found = Detections(boxes=[(0, 0, 5, 5), (0, 0, 2, 2)], masks=[square(0, 0, 5, 5), square(0, 0, 2, 2)],
+                       scores=[0.4, 0.9], backend="t")
+    assert filter_k(found, 1, "Confidence").scores == [0.9]
+    assert filter_k(found, 1, "Area").scores == [0.4]
+
+
+def test_mask_preprocess_is_offset_then_dilate_then_merge() -> None:
+    from adetailer.mask import mask_preprocess
+
+    (mask,) = mask_preprocess([square(2, 2, 4, 4), square(6, 6, 8, 8)], x_offset=1, y_offset=0, dilate=3, mode="Merge")
+    array = np.asarray(mask) > 0
+    # each 2x2 square moved one right, then grown by a 3x3 kernel to 4x4, then merged
+    assert array.sum() == 2 * 16 and array[1:5, 2:6].all() and array[5:9, 6:10].all()
+    assert mask_preprocess([square(0, 0, 2, 2)], x_offset=20) == []  # emptied masks are dropped
+
+
+def test_prompt_syntax_sep_prompt_and_skip() -> None:
+    from adetailer.prompts import detection_negatives, detection_prompts
+
+    assert detection_prompts("", "main", 2) == ["main", "main"]
+    assert detection_prompts("a smile [SEP] [SKIP] [SEP] [PROMPT], freckles", "main", 4) == [
+        "a smile", None, "main, freckles", "main, freckles"]
+    assert detection_prompts("[SEP]blue eyes", "main", 2) == ["main", "blue eyes"]
+    assert detection_negatives("blur [SEP] [PROMPT]", "ugly", 3) == ["blur", "ugly", "ugly"]

@@ -29,7 +29,7 @@ def astronaut() -> Image.Image:
 
 
 def ad(**options: object):
-    return parse_adetailer_args({"adetailer": True, "ad_steps": 4, **options})
+    return parse_adetailer_args({"adetailer": True, "ad_use_steps": True, "ad_steps": 4, **options})
 
 
 def test_inpaint_pipeline_shares_the_loaded_weights(predictor) -> None:
@@ -141,13 +141,101 @@ def test_the_inpaint_uses_the_requests_scheduler_whatever_came_before(predictor,
     import adetailer.runner
     from pipeline.loading.cache import MODEL_CACHE
 
-    monkeypatch.setattr(adetailer.runner, "detector_for", lambda pass_name, folder=None: CentreDetector())
+    monkeypatch.setattr(adetailer.runner, "detector_for", lambda pass_name, folder=None, name="auto": CentreDetector())
     inpaint_key = "inpaint:" + predictor.service.default_source.model_id
-    request = predict_inputs(seed=5, scheduler="K_EULER", adetailer=True, ad_steps=4, output_format="png")
+    request = predict_inputs(seed=5, scheduler="K_EULER", adetailer=True, ad_use_steps=True, ad_steps=4, output_format="png")
 
     MODEL_CACHE.evict(inpaint_key)
-    predictor.predict(**predict_inputs(seed=5, scheduler="DDIM", adetailer=True, ad_steps=4))
+    predictor.predict(**predict_inputs(seed=5, scheduler="DDIM", adetailer=True, ad_use_steps=True, ad_steps=4))
     after_ddim = np.asarray(Image.open(predictor.predict(**request)[0]))
     MODEL_CACHE.evict(inpaint_key)
     alone = np.asarray(Image.open(predictor.predict(**request)[0]))
     assert np.array_equal(after_ddim, alone)
+
+
+def test_the_extensions_switches_and_prompt_syntax_take_effect(predictor, astronaut, caplog) -> None:
+    """Each option by its effect on the astronaut's one face (mediapipe finds it at 0.9)."""
+    model, preset = predictor.service.model, resolve("sdxl", "balanced")
+
+    def run(**options: object) -> tuple[Image.Image, str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            (fixed,) = run_adetailer(model, [astronaut], ad(ad_confidence=0.5, **options), ["an astronaut"], "", preset, seed=1)
+        return fixed, caplog.text
+
+    skipped, text = run(ad_prompt="[SKIP]")
+    assert np.array_equal(np.asarray(skipped), np.asarray(astronaut)) and "ADetailer face 1/1: [SKIP]" in text
+    _, text = run(ad_inpaint_only_masked=False)
+    assert "512x512 region inpainted" in text  # the whole picture, not a crop around the face
+    _, text = run(ad_use_inpaint_width_height=True, ad_inpaint_width=256, ad_inpaint_height=192)
+    assert "inpainted at 256x192" in text
+    _, text = run(ad_use_steps=False)  # the main request's steps: balanced's 15
+    assert "15 steps x strength 0.40" in text
+    _, text = run(ad_steps=10)
+    assert "10 steps x strength 0.40" in text
+    _, text = run(ad_mask_merge_invert="Merge and Invert")
+    assert "merge/invert Merge and Invert" in text
+    _, text = run(ad_use_cfg_scale=True, ad_cfg_scale=3.5, ad_use_sampler=True, ad_sampler="Euler a")
+    assert "guidance 3.5, EulerAncestralDiscreteScheduler" in text
+    _, text = run(ad_cfg_scale=3.5, ad_sampler="Euler a")  # switches off: the main request's
+    assert "guidance 7, EulerDiscreteScheduler" in text
+
+
+def test_a_detector_is_chosen_by_name_and_an_unknown_one_is_refused(predictor, astronaut, tmp_path) -> None:
+    from adetailer.runner import available_detectors, check_detectors
+    from request.errors import InputError
+
+    short = detector_for("face", name="mediapipe_face_short")
+    assert short is not detector_for("face", name="mediapipe_face_full")
+    assert len(short.detect(astronaut, 0.5)) == 1
+    assert available_detectors("face", tmp_path) == ["auto", "mediapipe_face_full", "mediapipe_face_short",
+                                                     "mediapipe_face_mesh", "mediapipe_face_mesh_eyes_only"]
+    with pytest.raises(InputError) as error:
+        check_detectors(ad(ad_model="face_yolov8s.pt"), tmp_path)
+    assert error.value.field == "ad_model" and "available here: auto, mediapipe_face_full, mediapipe_face_short" in str(error.value)
+    assert ": [SKIP]" not in str(error.value)
+    with pytest.raises(InputError, match="ad_hand_model"):
+        check_detectors(ad(adetailer_hands=True, ad_hand_model="mediapipe_face_full"), tmp_path)
+
+
+def test_face_mesh_masks_are_the_landmarks_hulls(astronaut) -> None:
+    mesh = detector_for("face", name="mediapipe_face_mesh").detect(astronaut, 0.3)
+    eyes = detector_for("face", name="mediapipe_face_mesh_eyes_only").detect(astronaut, 0.3)
+    assert len(mesh) == len(eyes) == 1
+    face, eye = np.asarray(mesh.masks[0]) > 0, np.asarray(eyes.masks[0]) > 0
+    x1, y1, x2, y2 = mesh.boxes[0]
+    assert 0.6 < face.sum() / ((x2 - x1) * (y2 - y1)) < 0.95  # a hull, not its box
+    assert eye.sum() < 0.05 * face.sum() and not (eye & ~face).any()  # the eyes, inside the face
+
+
+def test_top_k_by_area_or_confidence_on_a_photo_with_several_faces() -> None:
+    """ultralytics' bus.jpg: mediapipe's full-range model finds two faces, the larger one less sure."""
+    from adetailer.mask import filter_k
+    from tests.test_detectors import ultralytics_asset
+
+    found = detector_for("face", name="mediapipe_face_full").detect(ultralytics_asset("bus.jpg").convert("RGB"), 0.3)
+    assert len(found) == 2
+    areas = [int((np.asarray(mask) > 0).sum()) for mask in found.masks]
+    by_area, by_confidence = filter_k(found, 1, "Area"), filter_k(found, 1, "Confidence")
+    assert int((np.asarray(by_area.masks[0]) > 0).sum()) == max(areas)
+    assert by_confidence.scores == [max(found.scores)] and by_area.scores != by_confidence.scores
+
+
+def test_the_person_pass_inpaints_segments_and_needs_a_segmentation_model(predictor, tmp_path, monkeypatch, caplog) -> None:
+    import torch
+    from ultralytics import YOLO
+
+    from request.errors import InputError
+    from tests.test_detectors import ultralytics_asset
+
+    bus = ultralytics_asset("bus.jpg").convert("RGB").resize((160, 216))
+    options = ad(adetailer_person=True, adetailer_face=False, ad_confidence=0.0001, ad_mask_k=1)
+    monkeypatch.setenv("ADETAILER_MODELS", str(tmp_path))
+    with pytest.raises(InputError, match="adetailer_person.*person_yolov8n-seg.pt"):
+        run_adetailer(predictor.service.model, [bus], options, ["people"], "", resolve("sdxl", "fast"), seed=1)
+    torch.manual_seed(0)
+    YOLO("yolov8n-seg.yaml").save(tmp_path / "person_yolov8n-seg.pt")
+    with caplog.at_level(logging.INFO):
+        (fixed,) = run_adetailer(predictor.service.model, [bus], options, ["people"], "", resolve("sdxl", "fast"), seed=1)
+    assert "ADetailer person: " in caplog.text and "detected" in caplog.text
+    assert fixed.size == bus.size

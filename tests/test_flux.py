@@ -122,7 +122,7 @@ def test_adetailer_with_flux_uses_flux_inpaint_on_the_same_weights(multi, caplog
     inpaint = inpaint_pipeline(model)
     assert type(inpaint).__name__ == "FluxInpaintPipeline" and inpaint.transformer is model.pipe.transformer
     photo = Image.fromarray(data.astronaut())
-    args = parse_adetailer_args({"adetailer": True, "ad_steps": 3})
+    args = parse_adetailer_args({"adetailer": True, "ad_use_steps": True, "ad_steps": 3})
     with caplog.at_level(logging.INFO):
         (fixed,) = run_adetailer(model, [photo], args, ["an astronaut"], "", resolve("flux-dev", "fast"), seed=1)
     mask = detector_for("face").detect(photo, args.ad_confidence).masks[0]

@@ -134,3 +134,22 @@ def test_flux_schnell_over_http_and_unavailable_model(cog_server) -> None:
     assert missing["status"] == "failed" and "available here: sdxl, flux-schnell" in missing["error"]
     bad = cog_server.predict(prompt="x", model="flux-schnell", negative_prompt="blur")
     assert bad["status"] == "failed" and "negative_prompt" in bad["error"]
+
+
+def test_adetailer_options_with_the_extensions_names_over_http(cog_server) -> None:
+    inputs = dict(prompt="a portrait", width=64, height=64, num_inference_steps=2, seed=9, output_format="png",
+                  adetailer=True, adetailer_hands=True, ad_model="mediapipe_face_short", ad_hand_model="mediapipe_hands",
+                  ad_mask_k=2, ad_mask_filter_method="Confidence", ad_x_offset=3, ad_y_offset=-2,
+                  ad_mask_merge_invert="Merge", ad_inpaint_only_masked=False, ad_use_inpaint_width_height=True,
+                  ad_inpaint_width=64, ad_inpaint_height=64, ad_use_steps=True, ad_steps=3, ad_use_cfg_scale=True,
+                  ad_cfg_scale=5.0, ad_use_sampler=True, ad_sampler="Euler a", ad_prompt="[PROMPT], smiling [SEP] [SKIP]")
+    response = cog_server.predict(**inputs)
+    assert response["status"] == "succeeded", response
+    assert "ADetailer face: " in response["logs"] and "ADetailer hands: " in response["logs"]
+    old = cog_server.predict(**{**inputs, "ad_mask_k": 0, "ad_mask_filter_method": "Area"}, ad_mask_k_largest=1)
+    assert old["status"] == "succeeded" and "ad_mask_k_largest is deprecated" in old["logs"]
+    both = cog_server.predict(**inputs, ad_mask_k_largest=1)
+    assert both["status"] == "failed" and "send only ad_mask_k" in both["error"]
+    unknown = cog_server.predict(**{**inputs, "ad_model": "face_yolov8s.pt"})
+    assert unknown["status"] == "failed" and "invalid input ad_model='face_yolov8s.pt'" in unknown["error"]
+    assert refused_field(cog_server.predict(**{**inputs, "ad_steps": 500})) == "ad_steps"
