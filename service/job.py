@@ -85,12 +85,14 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     settings = resolve(spec.name, request.preset, request.num_inference_steps, request.guidance_scale,
                        request.ip_adapter_scale)
 
+    # The LoRAs, fetched or from the cache: a bad one is refused before any model loads or is evicted.
+    loras = fetch_loras(lora_inputs(request))
+
     # 3. Select the model, loading it on first use.
     model = select_model(spec.name, default, backend)
 
-    # 4. Identity: the IP-Adapter, loaded on first use, when a face is given; LoRAs, fetched or from the cache.
+    # 4. Identity: the IP-Adapter, loaded on first use, when a face is given.
     identity = identity_for(model, reference, settings.ip_adapter_scale, guidance=settings.guidance_scale > 1)
-    loras = fetch_loras(lora_inputs(request))
 
     seed = pick_seed(request.seed)
     log.info("Using seed: %d", seed)
