@@ -7,7 +7,7 @@ the service's ``pipeline.generate`` with the same inputs (its speed settings, it
 variants). Each with a warm-up and the median of --runs, in one process, same weights and seeds.
 Prints a markdown table and writes JSON and the table.
 
-GPU (full-size random weights; scripts/gpu_check.sh extras runs this):
+GPU (full-size random weights; scripts/gpu_check.sh features runs this):
     python scripts/bench_image_modes.py --weights weights/sdxl-full --size 1024
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
     python scripts/bench_image_modes.py --weights weights/sdxl-tiny --size 64 --runs 1

@@ -6,7 +6,7 @@ served by a loopback HTTP server, so the real download path runs (``LORA_ALLOW_P
 The service's own code does the work: ``pipeline.lora.fetch_loras``, ``pipeline.lora.applied`` and
 ``pipeline.generate``. Medians of --runs after a warm-up. Prints a markdown table, writes JSON and it.
 
-GPU (full-size random weights; scripts/gpu_check.sh extras runs this):
+GPU (full-size random weights; scripts/gpu_check.sh features runs this):
     python scripts/bench_lora.py --weights weights/sdxl-full --size 1024 --ranks 16,64
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
     python scripts/bench_lora.py --weights weights/sdxl-tiny --size 64 --ranks 4 --runs 1

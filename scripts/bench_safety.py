@@ -6,7 +6,7 @@ loaded by the service's own ``pipeline.safety_checker.checker_for``. Both always
 is flagged, so the second opinion is asked about each), which is the checker's worst case. Medians of
 --runs after a warm-up, for 1 and 4 images. Target: at most 3 % of one image's generation.
 
-GPU (scripts/gpu_check.sh extras runs this):
+GPU (scripts/gpu_check.sh features runs this):
     python scripts/bench_safety.py --weights weights/sdxl-full --size 1024
 CPU smoke run (tiny checkers and weights; the figures mean nothing for a GPU):
     python scripts/bench_safety.py --weights weights/sdxl-tiny --size 64 --tiny --runs 1

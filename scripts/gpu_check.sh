@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device command per PART: every CUDA path and speed target, checked on a bare H100/H200.
 #
-#   scripts/gpu_check.sh sdxl|flux|extras         on the device (after scripts/gpu_wheels.sh here)
+#   scripts/gpu_check.sh sdxl|flux|extras|features  on the device (after scripts/gpu_wheels.sh here)
 #   GPU_CHECK_REHEARSAL=1 scripts/gpu_check.sh P  the same sequence on the CPU with tiny weights
 #   scripts/gpu_check.sh --rehearsal-venv DIR     make a Python 3.12 venv with the device's versions
 #
@@ -34,8 +34,8 @@ if [ "${1:-}" = "--rehearsal-venv" ]; then
   exit 0
 fi
 
-PART="${1:?usage: gpu_check.sh sdxl|flux|extras}"
-case "$PART" in sdxl|flux|extras) ;; *) echo "unknown part $PART: sdxl, flux or extras" >&2; exit 2 ;; esac
+PART="${1:?usage: gpu_check.sh sdxl|flux|extras|features}"
+case "$PART" in sdxl|flux|extras|features) ;; *) echo "unknown part $PART: sdxl, flux, extras or features" >&2; exit 2 ;; esac
 REHEARSAL="${GPU_CHECK_REHEARSAL:-0}"
 WORK="${GPU_CHECK_WORK:-/tmp/gpu-check}"
 OUT="${OUT:-$WORK/out}"
@@ -215,11 +215,15 @@ case "$PART" in
   extras)
     step weights 240 sdxl_weights
     step identity 150 extras_identity
+    step adetailer 100 extras_adetailer
+    step compile 300 extras_compile
+    ;;
+  features)
+    # the request features' costs: image inputs, LoRA by URL, the safety checker
+    step weights 240 sdxl_weights
     step image_modes 120 extras_image_modes
     step lora 150 extras_lora
     step safety 90 extras_safety
-    step adetailer 100 extras_adetailer
-    step compile 300 extras_compile
     ;;
 esac
 echo "gpu_check $PART done $(date -u +%FT%TZ)"
