@@ -27,6 +27,7 @@ import contextlib
 import logging
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -124,7 +125,10 @@ def load(model: LoadedModel, lora: Lora) -> float:
     _unfuse_for_lora(model)
     started = time.perf_counter()
     try:
-        model.pipe.load_lora_weights(str(lora.file.path), adapter_name=lora.adapter)
+        with warnings.catch_warnings():
+            # PEFT warns on every adapter after the first; several adapters side by side is the design here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            model.pipe.load_lora_weights(str(lora.file.path), adapter_name=lora.adapter)
     except Exception as error:
         with contextlib.suppress(Exception):
             model.pipe.delete_adapters(lora.adapter)
