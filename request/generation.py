@@ -14,6 +14,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from presets import PRESET_NAMES
+from presets.video import MOTION_NAMES
 from request.catalog import DEFAULT_SCHEDULER, MODEL_NAMES, MODELS, OUTPUT_FORMATS, SCHEDULER_NAMES, ModelSpec
 from request.errors import InputError
 from request.fields import File, Flag, Int, Number, Text, parse
@@ -95,6 +96,16 @@ class GenerationRequest(BaseModel):
     extra_lora_scale: Number = Field(DEFAULT_LORA_SCALE, ge=-1.0, le=3.0, description="How strongly extra_lora applies.")
     disable_safety_checker: Flag = Field(
         False, description="Skip the safety checker (when the operator has one); images it flags are otherwise withheld.")
+    animate: Flag = Field(False, description="Set the image in motion (Stable Video Diffusion): the output is an MP4. "
+                                              "With scenes, every scene, and the clips joined in storyboard.mp4.")
+    motion: Literal[MOTION_NAMES] = Field(  # type: ignore[valid-type]
+        "medium", description="With animate: how much moves (sets motion_bucket_id, noise_aug_strength and fps).")
+    motion_bucket_id: Optional[Int] = Field(None, ge=1, le=255, description="With animate: SVD's motion amount. Empty: from motion.")
+    noise_aug_strength: Optional[Number] = Field(
+        None, ge=0.0, le=1.0, description="With animate: noise added to the image (freer motion). Empty: from motion.")
+    video_fps: Optional[Int] = Field(None, ge=6, le=30, description="With animate: frames per second. Empty: from motion.")
+    video_frames: Optional[Int] = Field(
+        None, ge=14, le=25, description="With animate: 14 or 25 frames, as the checkpoint allows. Empty: the checkpoint's.")
     scenes: Text = Field("", max_length=12_000, description=f"Storyboard: one scene per line, up to {MAX_SCENES}. "
                                                             "Returns one image per scene and a contact sheet.")
     character: Text = Field("", max_length=2_000,
@@ -150,6 +161,21 @@ def _check_loras(request: GenerationRequest) -> None:
         urls.append(url)
 
 
+def _check_video(request: GenerationRequest) -> None:
+    video_options = {"motion": request.motion != "medium", "motion_bucket_id": request.motion_bucket_id is not None,
+                     "noise_aug_strength": request.noise_aug_strength is not None, "video_fps": request.video_fps is not None,
+                     "video_frames": request.video_frames is not None}
+    if not request.animate:
+        for name, given in video_options.items():
+            if given:
+                raise InputError(name, getattr(request, name), "only applies with animate")
+        return
+    if request.video_frames not in (None, 14, 25):
+        raise InputError("video_frames", request.video_frames, "14 or 25, as the checkpoint allows, or empty")
+    if request.num_outputs != 1:
+        raise InputError("num_outputs", request.num_outputs, "must be 1 with animate (one clip per image)")
+
+
 def lora_inputs(request: GenerationRequest) -> list[tuple[str, str, float]]:
     """(field, URL, scale) of each LoRA the request names, in order."""
     return [(field, getattr(request, field).strip(), getattr(request, scale_field))
@@ -181,6 +207,7 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
         raise InputError("image", str(request.image), "not with scenes: a storyboard is made from text "
                                                       "(use face_image to keep a character)")
     _check_loras(request)
+    _check_video(request)
     width, height = _size(request.aspect_ratio, request.width, request.height, request.megapixels,
                           request.image is not None)
     return request.model_copy(update={"width": width, "height": height})

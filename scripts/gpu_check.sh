@@ -49,12 +49,12 @@ export PYTHONUNBUFFERED=1
 if [ "$REHEARSAL" = 1 ]; then
   DEVICE=cpu; SDXL_SIZE=tiny; FLUX_DEV=tiny; FLUX_SCHNELL=tiny-schnell; ADAPTER_SIZE=tiny
   SDXL_CASES=64x64x2,128x128x2; SDXL_CASE=64x64x2; FLUX_CASE=64x64x2; SCHNELL_CASE=64x64x4; RUNS=1; ABLATE_RUNS=1; IMAGE_SIZE=128
-  LORA_RANKS=4; SAFETY_FLAGS=--tiny
+  LORA_RANKS=4; SAFETY_FLAGS=--tiny; SVD_SIZE=tiny; VIDEO_FLAGS="--scenes 2 --preset ultra_fast"
   export CUDA_VISIBLE_DEVICES=""  # a rehearsal never touches a GPU, even on a machine with one
 else
   DEVICE=cuda; SDXL_SIZE=full; FLUX_DEV=dev; FLUX_SCHNELL=schnell; ADAPTER_SIZE=full
   SDXL_CASES=1024x1024x20,768x768x15; SDXL_CASE=1024x1024x20; FLUX_CASE=1024x1024x28; SCHNELL_CASE=1024x1024x4
-  RUNS=5; ABLATE_RUNS=3; IMAGE_SIZE=1024; LORA_RANKS=16,64; SAFETY_FLAGS=
+  RUNS=5; ABLATE_RUNS=3; IMAGE_SIZE=1024; LORA_RANKS=16,64; SAFETY_FLAGS=; SVD_SIZE=full; VIDEO_FLAGS=
 fi
 W="$WORK/weights"
 SDXL_W="$W/sdxl-$SDXL_SIZE"; FLUX_W="$W/flux-$FLUX_DEV"; SCHNELL_W="$W/flux-$FLUX_SCHNELL"; ADAPTER_W="$W/ip-adapter-$ADAPTER_SIZE"
@@ -181,6 +181,12 @@ extras_safety() {
   # the safety checker (CompVis's at full size, with Falconsai's second opinion) per image, against one SDXL image
   "$PYTHON" scripts/bench_safety.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" $SAFETY_FLAGS --out "$STEP_DIR"
 }
+features_video() {
+  # one 25-frame SVD-XT clip at 1024x576, plain diffusers against the service, and a 6-scene storyboard
+  "$PYTHON" scripts/make_svd.py --size "$SVD_SIZE" --device "$DEVICE" --out "$W/svd-$SVD_SIZE" >/dev/null \
+    && "$PYTHON" scripts/bench_video.py --svd "$W/svd-$SVD_SIZE" --sdxl "$SDXL_W" --runs "$ABLATE_RUNS" $VIDEO_FLAGS \
+         --out "$STEP_DIR"
+}
 extras_adetailer() {
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
     .whl/adetailer/*.whl || { echo "FAILED: installing .whl/adetailer (run scripts/gpu_wheels.sh here)"; return 1; }
@@ -191,9 +197,9 @@ extras_compile() {
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
 export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_imports sdxl_ablation \
-  flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_safety extras_adetailer extras_compile
+  flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_safety features_video extras_adetailer extras_compile
 export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
-  SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS SAFETY_FLAGS
+  SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS SAFETY_FLAGS SVD_SIZE VIDEO_FLAGS
 
 # 2. The part's steps, most valuable first.
 step environment 60 environment
@@ -224,6 +230,7 @@ case "$PART" in
     step image_modes 120 extras_image_modes
     step lora 150 extras_lora
     step safety 90 extras_safety
+    step video 300 features_video
     ;;
 esac
 echo "gpu_check $PART done $(date -u +%FT%TZ)"

@@ -6,7 +6,7 @@
 # request models) travels pinned as in requirements.txt, with typing_extensions new enough for it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-WHEELS=(diffusers==0.42.1 peft==0.21.2 cog==0.23.1 coglet==0.23.1 structlog==26.1.0 importlib_metadata==10.2.0 zipp==4.1.2
+WHEELS=(diffusers==0.42.1 peft==0.21.2 av==18.1.0 cog==0.23.1 coglet==0.23.1 structlog==26.1.0 importlib_metadata==10.2.0 zipp==4.1.2
         pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0)
 # ADetailer's detector, for the extras part only (.whl/adetailer/). mediapipe 0.10.21 declares
 # numpy<2 and protobuf<5, but its face detector ran with numpy 2.4.6 in the rehearsal venv;

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from hardware.backend import Backend
+from pipeline import video
 from pipeline.generate import Batch, generate, pick_seed
 from pipeline.ip_adapter import Identity, identity_for
 from pipeline.loading.select import select_model
@@ -19,6 +20,7 @@ from pipeline.models import LoadedModel, WeightsSource
 from pipeline.safety_checker import checker_for
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from presets import EffectiveSettings, resolve
+from presets.video import resolve_video
 from request.adetailer import ADetailerArgs, parse_adetailer_args
 from request.errors import InputError
 from request.generation import GenerationRequest, check_model_options, lora_inputs, parse_request, requested_model
@@ -77,6 +79,8 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     spec = requested_model(request.model, default.model, available)
     check_model_options(request, spec, ad_args.ad_negative_prompt)
     reference = load_reference_image(request.face_image) if request.face_image is not None else None
+    if request.animate and video.configured() is None:
+        raise InputError("animate", True, "no video model here (SVD_WEIGHTS); models available: " + ", ".join(available))
     start: Optional[ImageInputs] = None
     if request.image is not None:  # the caller's picture (and mask): read, sized, and the size settled
         request, start = load_image_inputs(request, spec.size_multiple)
@@ -114,11 +118,42 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     # sheet (from the scenes that passed), then the files.
     if not request.disable_safety_checker:
         _check_safety(result, model)
+    if request.animate:  # 8. The images in motion: MP4 clips instead of pictures.
+        result.paths = _animate(result, request, settings.preset, backend, out_dir)
+        return result
     if request.scene_list:
         result.sheet = contact_sheet(result.images)
     images, names = result.outputs()
     result.paths = save_images(images, out_dir, request.output_format, request.output_quality, names)
     return result
+
+
+def _animate(result: JobResult, request: GenerationRequest, preset: str, backend: Backend, out_dir: Path) -> list[Path]:
+    """One clip per image (per scene of a storyboard, joined in order into ``storyboard.mp4``)."""
+    model = video.video_model(backend)
+    frames = request.video_frames or model.num_frames
+    if frames > model.num_frames:
+        raise InputError("video_frames", frames, f"this checkpoint makes at most {model.num_frames} frames")
+    motion = resolve_video(request.motion, preset, backend.settings.name, request.motion_bucket_id,
+                           request.noise_aug_strength, request.video_fps)
+    numbers = result.numbers or list(range(1, len(result.images) + 1))
+    stem = "scene" if request.scene_list else "out"
+    started = time.perf_counter()
+    paths, clips = [], []
+    for index, (number, image) in enumerate(zip(numbers, result.images, strict=True)):
+        clip_started = time.perf_counter()
+        clip = video.animate(model, image, frames, motion, result.seed + number - 1,
+                             f"clip {index + 1}/{len(result.images)}")
+        name = f"{stem}-{number:02d}.mp4" if request.scene_list else f"{stem}-{index}.mp4"
+        paths.append(video.encode_mp4(clip, motion.fps, out_dir / name))
+        clips.append(clip)
+        log.info("clip %d/%d: %d frames at %d fps in %.2f s", index + 1, len(result.images), len(clip), motion.fps,
+                 time.perf_counter() - clip_started)
+    if request.scene_list:
+        paths.append(video.encode_mp4([frame for clip in clips for frame in clip], motion.fps, out_dir / "storyboard.mp4"))
+    result.timings["video_seconds"] = time.perf_counter() - started
+    result.timings["seconds_per_clip"] = result.timings["video_seconds"] / len(clips)
+    return paths
 
 
 def _generate(model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, seed: int,

@@ -47,6 +47,8 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("FLUX_DEV_WEIGHTS", str, "weights/flux-dev", "FLUX.1-dev weights: a diffusers folder, or an http(s) URL to one as .tar."),
     Setting("FLUX_SCHNELL_WEIGHTS", str, "weights/flux-schnell",
             "FLUX.1-schnell weights: a diffusers folder, or an http(s) URL to one as .tar."),
+    Setting("SVD_WEIGHTS", str, "weights/svd",
+            "Stable Video Diffusion (SVD or SVD-XT) for animate: a diffusers folder, or an http(s) URL to one as .tar."),
     Setting("WEIGHTS_CACHE", Path, Path("weights/cache"), "Where weights given as a URL are downloaded, once."),
     Setting("MODEL_MEMORY_BUDGET_GB", float, None,
             "Memory the resident models may use; a model that does not fit evicts the least recently used. "

@@ -38,6 +38,16 @@ def ip_adapter_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def svd_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random Stable Video Diffusion in a diffusers folder (frames of 64x32)."""
+    from scripts.make_svd import build
+
+    folder = tmp_path_factory.mktemp("weights") / "svd-tiny"
+    build("tiny").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def flux_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random Flux, dev-like and schnell-like, in diffusers folders."""
     from scripts.make_flux import build_flux
@@ -163,14 +173,15 @@ def serve(weights: Path, workdir: Path, env: dict[str, str], ready: bool = True)
 
 @pytest.fixture(scope="session")
 def cog_server(
-    tiny_weights: Path, ip_adapter_weights: Path, flux_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+    tiny_weights: Path, ip_adapter_weights: Path, flux_weights: dict[str, Path], svd_weights: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CogServer]:
-    """The real server with SDXL (default) and Flux-schnell, the IP-Adapter, and no safety checker."""
+    """The real server with SDXL (default), Flux-schnell and SVD, the IP-Adapter, and no safety checker."""
     workdir = tmp_path_factory.mktemp("server")
     env = dict(
         IP_ADAPTER_WEIGHTS=str(ip_adapter_weights), FLUX_SCHNELL_WEIGHTS=str(flux_weights["flux-schnell"]),
         LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(workdir / "lora-cache"),  # the tests' LoRA server is on loopback
-        SAFETY_CHECKER_WEIGHTS=str(workdir / "no-safety-checker"),
+        SAFETY_CHECKER_WEIGHTS=str(workdir / "no-safety-checker"), SVD_WEIGHTS=str(svd_weights),
     )
     with serve(tiny_weights, workdir, env) as server:
         yield server
