@@ -29,6 +29,7 @@ import settings
 from hardware.backend import Backend
 from pipeline.generate import generators_for
 from pipeline.loading.cache import MODEL_CACHE
+from pipeline.loading.component_build import weight_files
 from pipeline.loading.select import free_bytes
 from pipeline.progress import StepProgress
 from presets.video import VideoSettings
@@ -83,8 +84,8 @@ def video_model(backend: Backend) -> VideoModel:
         log.info("video model %s loaded in %.2f s (%d frames)", folder, time.perf_counter() - started, model.num_frames)
         return model
 
-    def size() -> int:
-        return sum(path.stat().st_size for path in folder.rglob("*.safetensors"))
+    def size() -> int:  # the image models' sizing: the component files model_index.json lists
+        return sum(path.stat().st_size for path in weight_files(folder))
 
     return MODEL_CACHE.get_or_load(f"svd:{folder.resolve()}", load, size_bytes=size, free=free_bytes(backend))
 

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_generation import PROMPT  # noqa: E402
+from scripts.bench_generation import PROMPT, timed_runs  # noqa: E402
 
 
 def full_size_checkers(folder: Path) -> None:
@@ -85,23 +85,21 @@ def main() -> None:
     settings = resolve("sdxl", "balanced")
     request = parse_request({"prompt": PROMPT, "width": args.size, "height": args.size, "seed": 1})
 
-    def timed(run) -> float:
+    def timed(run) -> tuple[float, object]:
         sync()
         started = time.perf_counter()
         result = run()
         sync()
         return time.perf_counter() - started, result
 
-    _, warm = timed(lambda: generate(model, Batch([PROMPT], 1, 1), request, settings))
-    image = warm.images[0]
-    generation = statistics.median(timed(lambda: generate(model, Batch([PROMPT], 1, 1), request, settings))[0]
-                                   for _ in range(args.runs))
+    generation = statistics.median(timed_runs(lambda: generate(model, Batch([PROMPT], 1, 1), request, settings),
+                                              args.runs, sync)[0])
+    image = generate(model, Batch([PROMPT], 1, 1), request, settings).images[0]
     load_s, checker = timed(lambda: checker_for(model.pipe.device.type, model.pipe.dtype))
     rows = []
     for count in (1, 4):
         images = [image] * count
-        checker.verdicts(images)  # warm-up
-        seconds = statistics.median(timed(lambda images=images: checker.verdicts(images))[0] for _ in range(args.runs))
+        seconds = statistics.median(timed_runs(lambda images=images: checker.verdicts(images), args.runs, sync)[0])
         rows.append({"images": count, "check_s": seconds, "per_image_s": seconds / count,
                      "share_of_one_image": seconds / count / generation})
     name = torch.cuda.get_device_name() if cuda else "cpu"

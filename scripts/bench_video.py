@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.bench_generation import timed_runs  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,10 +74,9 @@ def main() -> None:
         plain(image, width=size[0], height=size[1], num_frames=frames, num_inference_steps=steps, decode_chunk_size=8,
               generator=torch.Generator("cpu").manual_seed(1))
 
-    timed(plain_clip)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    plain_s = statistics.median(timed(plain_clip) for _ in range(args.runs))
+    plain_s = statistics.median(timed_runs(plain_clip, args.runs, sync)[0])
     plain_peak = peak_gb()
     plain = None
     if cuda:
@@ -92,10 +93,9 @@ def main() -> None:
     def service_clip(seed: int = 1) -> list:
         return video.animate(model, image, frames, settings, seed, "clip")
 
-    timed(service_clip)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    service_s = statistics.median(timed(service_clip) for _ in range(args.runs))
+    service_s = statistics.median(timed_runs(service_clip, args.runs, sync)[0])
     service_peak = peak_gb()
     storyboard_s = timed(lambda: [service_clip(seed) for seed in range(args.scenes)])
     name = torch.cuda.get_device_name() if cuda else "cpu"

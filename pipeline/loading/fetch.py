@@ -47,7 +47,7 @@ def _cache_name(url: str) -> str:
     return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(CHUNK):
@@ -114,7 +114,7 @@ def _fetch_verified(url: str, expected: Optional[str], final: Path, timeout: flo
             log.warning("download of %s interrupted (%s); resuming (attempt %d)", url, error, attempt + 1)
             time.sleep(min(0.5 * attempt, 5.0))
     if expected:
-        actual = _sha256(part)
+        actual = sha256_file(part)
         if actual != expected:
             part.unlink()
             raise FetchError(

@@ -125,6 +125,8 @@ def load(model: LoadedModel, lora: Lora) -> float:
     _unfuse_for_lora(model)
     started = time.perf_counter()
     try:
+        # diffusers reads the file again here: given the checked state dict instead, it would drop the
+        # kohya alphas that lora_state_dict returns beside it (only a memory miss pays this)
         with warnings.catch_warnings():
             # PEFT warns on every adapter after the first; several adapters side by side is the design here
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)

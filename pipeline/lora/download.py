@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import settings
-from pipeline.loading.fetch import FetchError, TooLarge, fetch_to
+from pipeline.loading.fetch import FetchError, TooLarge, fetch_to, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,6 @@ def _entry(url: str) -> Path:
     return Path(settings.get("LORA_CACHE")) / hashlib.sha256(url.encode()).hexdigest()[:24]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(8 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(url: str) -> LoraFile:
     """The cached file for ``url``, downloading it on a miss. Raises UnsafeURL, TooLarge or FetchError."""
     started = time.perf_counter()
@@ -99,7 +91,7 @@ def fetch(url: str) -> LoraFile:
     data.parent.mkdir(parents=True, exist_ok=True)
     max_bytes = int(settings.get("LORA_MAX_MB") * 1024 * 1024)
     fetch_to(url, data, timeout=float(settings.get("LORA_TIMEOUT_S")), max_bytes=max_bytes, opener=opener())
-    sha = _sha256(data)
+    sha = sha256_file(data)
     meta.write_text(json.dumps({"url": url, "sha256": sha, "bytes": data.stat().st_size}))
     evict_beyond(int(settings.get("LORA_CACHE_MB") * 1024 * 1024), keep=data)
     return LoraFile(url, data, sha, False, time.perf_counter() - started)

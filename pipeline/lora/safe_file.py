@@ -10,13 +10,12 @@ A tar (Replicate's trainers ship ``lora.safetensors`` in one) is opened only to 
 
 from __future__ import annotations
 
-import json
-import struct
 import tarfile
 from pathlib import Path
 from typing import Any
 
-MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+from pipeline.loading.stream import safetensors_header
+
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -27,23 +26,17 @@ class NotSafetensors(ValueError):
 
 def read_header(path: Path) -> dict[str, Any]:
     """The tensors' header (name -> dtype, shape, offsets), after checking the whole layout."""
-    size = path.stat().st_size
     with path.open("rb") as handle:
-        start = handle.read(8)
-        if len(start) < 8:
-            raise NotSafetensors(f"{size} bytes: too short for a safetensors header")
-        if start[:1] == b"\x80" or start[:2] == b"PK":
-            raise NotSafetensors("a pickle (a PyTorch .pt/.ckpt file), which is never loaded: only .safetensors")
-        (length,) = struct.unpack("<Q", start)
-        if length > min(MAX_HEADER, size - 8):
-            raise NotSafetensors(f"header length {length} does not fit a {size}-byte file: not safetensors, or truncated")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise NotSafetensors(f"header is not JSON ({error}): not a safetensors file") from None
+        start = handle.read(2)
+    if start[:1] == b"\x80" or start[:2] == b"PK":
+        raise NotSafetensors("a pickle (a PyTorch .pt/.ckpt file), which is never loaded: only .safetensors")
+    try:
+        header, data_start = safetensors_header(path)  # the weight stream's reader: length, then JSON
+    except (ValueError, UnicodeDecodeError) as error:
+        raise NotSafetensors(f"not a safetensors file, or truncated ({error})") from None
     if not isinstance(header, dict):
         raise NotSafetensors("header is not a JSON object: not a safetensors file")
-    data_size = size - 8 - length
+    data_size = path.stat().st_size - data_start
     tensors = {name: info for name, info in header.items() if name != "__metadata__"}
     if not tensors:
         raise NotSafetensors("no tensors in the file")
