@@ -1,8 +1,8 @@
-"""Two parts of torch imported when something uses them, not when diffusers and transformers are
-imported or a model is built.
+"""Modules imported when something uses them, not when diffusers and transformers are imported or a
+model is built.
 
-Both libraries bind names from these at import, and use them in ways that need nothing real until
-something compiles or runs flex attention:
+The libraries bind names from these at import, or torch asks them while a model is built, in ways
+that need nothing real until something compiles, runs flex attention or loads a LoRA:
 
 - **torch's compiler front end** (``torch._dynamo``, about a second on the CPU: sympy, FX symbolic
   shapes, triton's probe).
@@ -18,6 +18,15 @@ something compiles or runs flex attention:
     ``torch._dynamo.eval_frame.OptimizedModule``.
 - **flex attention** (``torch.nn.attention.flex_attention``, which imports sympy): transformers binds
   its mask class and functions at import; no model here runs it.
+- **torch's symbolic shapes and sympy** (``torch.fx.experimental.symbolic_shapes``, about 0.3 s on the
+  CPU, nearly all sympy): while transformers builds a text encoder on the meta device, torch's meta
+  kernels ask its helpers about sizes (``guard_or_false``, ``is_nested_int``...), and
+  ``elementwise_dtypes`` and ``sym_not`` import sympy for ``isinstance(x, sympy.Basic)``. The helpers
+  are answered for plain ``int``/``bool`` sizes (``startup.shape_guards``; anything symbolic asks the
+  real function), and ``sympy.Basic`` is a lazy class: nothing is a sympy object before sympy exists.
+- **PEFT** (``peft``, about 0.1 s): diffusers binds ``BaseTunerLayer`` at import whenever peft is
+  installed, and its UNet and Flux forwards import it on every call (``scale_lora_layers``) to scale
+  LoRA layers that a request without a LoRA does not have. The first LoRA request imports it.
 
 While the imports stage runs, :func:`deferred` puts stand-in modules in ``sys.modules`` that answer
 these without importing anything:
@@ -27,15 +36,18 @@ these without importing anything:
 - named functions forward to the real ones;
 - named classes are lazy classes: nothing is an instance of them until their real module is
   imported, after which ``isinstance`` asks the real class, and any attribute or call imports it;
-- ``eval_frame.OptimizedModule`` is such a class; a named constant is read from the module's source.
+- ``eval_frame.OptimizedModule`` is such a class; a named constant is read from the module's source;
+- "plain" helpers answer plain sizes and ask the real function about anything else.
 
 Anything else imports the real module: any other attribute of a stand-in, and any import of a
 submodule. A finder at the front of ``sys.meta_path`` loads the package first and hands over the
 submodule that it imported, so no module runs twice. ``torch.compile`` is one such use. Once
 dynamo's package has run, every recorded decorator is applied to it before anyone else sees it, so
-compiled graphs are the same as without the diet. The stand-ins of the modules themselves stay in
-``sys.modules`` after the stage until then (torch's meta kernels import dynamo at call time); those
-of their submodules leave with the stage.
+compiled graphs are the same as without the diet. A deferred module that needs another (symbolic
+shapes needs sympy) loads that one first. The stand-ins of the modules themselves stay in
+``sys.modules`` after the stage until then (torch's meta kernels import dynamo at call time), and
+then take on the real module's names, so code that bound a stand-in runs at full speed. Submodule
+stand-ins leave with the stage, except PEFT's, which its forwards import on every call.
 
 Written against torch 2.11 (the device image) and 2.14 (CI) on Python 3.11 and 3.12. A library
 version that takes another name at import does not break anything: the name makes the real module
@@ -59,10 +71,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+from startup import shape_guards
+
 log = logging.getLogger(__name__)
 
 DYNAMO = "torch._dynamo"
 FLEX = "torch.nn.attention.flex_attention"
+SHAPES = "torch.fx.experimental.symbolic_shapes"
 
 
 @dataclass(frozen=True)
@@ -72,8 +87,11 @@ class Deferral:
     package: str
     why: str
     # module -> {name: kind}: "function"s forward, "class"es are lazy, "decorator"s are recorded and
-    # replayed, "constant"s are read from the source without running it
+    # replayed, "constant"s are read from the source without running it, "plain" helpers answer
+    # plain sizes (startup.shape_guards) and forward the rest
     names: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()  # deferred packages the real module imports: loaded before it
+    keep_submodules: bool = False  # submodule stand-ins stay after the stage, until the package loads
 
 
 DEFERRALS: tuple[Deferral, ...] = (
@@ -91,6 +109,17 @@ DEFERRALS: tuple[Deferral, ...] = (
             "flex_attention": "function", "_DEFAULT_SPARSE_BLOCK_SIZE": "constant",
         },
     }),
+    Deferral("sympy", "symbolic algebra: only torch's compiler and symbolic shapes use it", {
+        "sympy": {"Basic": "class"},  # torch._prims_common.elementwise_dtypes, torch.sym_not
+    }),
+    Deferral(SHAPES, "torch's symbolic shapes: a model built on the meta device asks it about plain sizes", {
+        SHAPES: {name: "plain" for name in shape_guards.PLAIN_ANSWERS},  # torch._refs, torch._prims_common
+    }, requires=("sympy",)),
+    Deferral("peft", "PEFT: only a LoRA request uses it", {
+        "peft": {"PeftModel": "class"},  # diffusers.pipelines.pipeline_loading_utils._unwrap_model
+        "peft.tuners.tuners_utils": {"BaseTunerLayer": "class"},  # diffusers.loaders.lora_base, utils.peft_utils
+        "peft.helpers": {"disable_input_dtype_casting": "function"},  # diffusers.hooks.layerwise_casting
+    }, keep_submodules=True),
 )
 
 
@@ -146,6 +175,21 @@ def _lazy_class(module: str, name: str) -> type:
     return _LazyClass(name, (), {"_module": module, "_name": name, "__module__": module, "__qualname__": name})
 
 
+def _plain_answer(module: str, name: str) -> Callable[..., Any]:
+    """``module.name`` answered for plain sizes; any other argument is the real function's to answer."""
+    plain = shape_guards.PLAIN_ANSWERS[name]
+
+    def answer(*args: Any, **kwargs: Any) -> Any:
+        result = plain(*args, **kwargs)
+        if result is shape_guards.NOT_PLAIN:
+            return getattr(_real(module), name)(*args, **kwargs)
+        return result
+
+    answer.__name__ = name
+    answer.__qualname__ = f"{module}.{name} (plain sizes)"
+    return answer
+
+
 class _Standin(types.ModuleType):
     """A module until something needs the real one: a few names answered, the rest imported."""
 
@@ -186,7 +230,8 @@ class _Package(_Standin):
             if kind == "decorator":
                 setattr(self, name, self._recorder(name))
         parent = deferral.package.rpartition(".")[0]
-        spec = importlib.machinery.PathFinder.find_spec(deferral.package, sys.modules[parent].__path__)
+        spec = importlib.machinery.PathFinder.find_spec(deferral.package, sys.modules[parent].__path__ if parent else None)
+        self.__spec__ = spec  # importlib.util.find_spec answers from it: the libraries ask whether it is installed
         if spec.submodule_search_locations is not None:  # a package
             self.__path__ = list(spec.submodule_search_locations)
 
@@ -225,13 +270,13 @@ def _constant(module: str, name: str) -> Any:
 
 
 def _answers(module: str, names: Mapping[str, str]) -> dict[str, Any]:
-    made = {"function": _forwarder, "class": _lazy_class, "constant": _constant}
+    made = {"function": _forwarder, "class": _lazy_class, "constant": _constant, "plain": _plain_answer}
     return {name: made[kind](module, name) for name, kind in names.items() if kind in made}
 
 
 def _wrapper_codes() -> list[types.CodeType]:
     """The code of the stand-ins' wrappers: once dynamo exists it must not trace into them."""
-    wrappers = (_lazily_disabled, _forwarder)
+    wrappers = (_lazily_disabled, _forwarder, _plain_answer)
     return [c for f in wrappers for c in f.__code__.co_consts if isinstance(c, types.CodeType)]
 
 
@@ -276,8 +321,15 @@ class _ReplayLoader(importlib.abc.Loader):
         self.finder.standins.pop(name, None)
         if not self.finder.standins and self.finder in sys.meta_path:
             sys.meta_path.remove(self.finder)
+        for required in self.standin.deferral.requires:
+            if isinstance(sys.modules.get(required), _Standin):
+                _real(required)  # first, so that this module binds the real one
+        for submodule in [key for key, value in sys.modules.items()
+                          if key.startswith(name + ".") and isinstance(value, _Standin)]:
+            del sys.modules[submodule]  # kept submodule stand-ins: the package imports the real ones
         parent, _, child = name.rpartition(".")
-        setattr(sys.modules[parent], child, module)  # its own modules reach for it while it runs
+        if parent:
+            setattr(sys.modules[parent], child, module)  # its own modules reach for it while it runs
         self.inner.exec_module(module)
         module.__spec__.loader = module.__loader__ = self.inner
         recorded, self.standin.recorded = self.standin.recorded, []
@@ -285,6 +337,7 @@ class _ReplayLoader(importlib.abc.Loader):
             getattr(module, decorator)(fn)
         if name == DYNAMO:
             _after_dynamo(module)
+        self.standin.__dict__.update(module.__dict__)  # whoever bound the stand-in now reads the real names
         log.info("%s imported on first use; %d deferred registrations applied", name, len(recorded))
 
     def __getattr__(self, name: str) -> Any:  # get_filename, get_code, is_package ... for tools
@@ -314,15 +367,16 @@ def deferred(deferrals: tuple[Deferral, ...] = DEFERRALS) -> Iterator[list[str]]
     submodules: dict[str, _Standin] = {}
     for deferral in deferrals:
         parent, _, child = deferral.package.rpartition(".")
-        if deferral.package in sys.modules or parent not in sys.modules:
+        if deferral.package in sys.modules or (parent and parent not in sys.modules):
             continue
         kind = _Dynamo if deferral.package == DYNAMO else _Package
         packages[deferral.package] = kind(deferral, _answers(deferral.package, deferral.names.get(deferral.package, {})))
         if deferral.package == DYNAMO:
             packages[DYNAMO].eval_frame = types.SimpleNamespace(OptimizedModule=_lazy_class(f"{DYNAMO}.eval_frame", "OptimizedModule"))
         for module, names in deferral.names.items():
-            if module != deferral.package:
-                submodules[module] = _Standin(module, _answers(module, names))
+            if module != deferral.package and module not in sys.modules:
+                standin = _Standin(module, _answers(module, names))
+                (sys.modules if deferral.keep_submodules else submodules)[module] = standin
     if not packages:
         yield []
         return
@@ -330,7 +384,8 @@ def deferred(deferrals: tuple[Deferral, ...] = DEFERRALS) -> Iterator[list[str]]
     sys.modules.update(submodules)
     for name, standin in packages.items():
         parent, _, child = name.rpartition(".")
-        setattr(sys.modules[parent], child, standin)
+        if parent:
+            setattr(sys.modules[parent], child, standin)
     sys.meta_path.insert(0, _Finder(dict(packages)))
     try:
         yield list(packages)

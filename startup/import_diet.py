@@ -19,8 +19,15 @@ is put back at once. torch itself keeps its own answer.
 
 torch's compiler front end (``torch._dynamo``, about a second) is deferred differently, because both
 libraries bind names from it at import: stand-ins answer those names until something compiles
-(``startup.deferred_modules``). A plain request compiles nothing; the CUDA speed-ups that compile
-import it then, during the load stage, as they did before.
+(``startup.deferred_modules``, which also defers torch's symbolic shapes with sympy, and PEFT). A
+plain request compiles nothing; the CUDA speed-ups that compile import it then, during the load
+stage, as they did before.
+
+diffusers maps every installed package to its distribution when it is imported
+(``importlib.metadata.packages_distributions()``, which reads every installed package's file list:
+about 0.15 s), for two look-ups that no request here makes (a distribution name for a package whose
+name differs, and custom pipelines from a downloaded repository). During the stage that function
+returns a mapping that is built on its first look-up (:class:`LazyPackageMap`).
 
 Python's cyclic garbage collector is paused from the start of ``setup()`` to the end of the
 imports stage: importing creates hundreds of thousands of long-lived objects, and each full
@@ -35,11 +42,13 @@ with the collector on.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import gc
+import importlib.metadata
 import logging
 import sys
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import settings
 from hardware.profiles import Profile
@@ -72,9 +81,46 @@ def diet(profile: Profile) -> Iterator[None]:
     if not settings.get("LAZY_IMPORTS"):
         yield
         return
-    with hidden(deferred_for(profile)), deferred_modules.deferred():
+    with hidden(deferred_for(profile)), deferred_modules.deferred(), lazy_package_map():
         transformers_without_distributed()
         yield
+
+
+class LazyPackageMap(collections.abc.Mapping):
+    """``importlib.metadata.packages_distributions()``, built on its first look-up."""
+
+    def __init__(self, build: Callable[[], Mapping[str, list[str]]]) -> None:
+        self._build = build
+        self._built: Optional[Mapping[str, list[str]]] = None
+
+    @property
+    def built(self) -> bool:
+        return self._built is not None
+
+    def _mapping(self) -> Mapping[str, list[str]]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def __getitem__(self, package: str) -> list[str]:
+        return self._mapping()[package]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+
+@contextlib.contextmanager
+def lazy_package_map() -> Iterator[None]:
+    """Within the block, ``importlib.metadata.packages_distributions()`` answers a :class:`LazyPackageMap`."""
+    real = importlib.metadata.packages_distributions
+    importlib.metadata.packages_distributions = lambda: LazyPackageMap(real)
+    try:
+        yield
+    finally:
+        importlib.metadata.packages_distributions = real
 
 
 def transformers_without_distributed() -> bool:

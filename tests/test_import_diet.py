@@ -1,7 +1,8 @@
 """The imports stage's diet (startup/import_diet.py): bitsandbytes and scipy are kept out of sight of
 diffusers and transformers while they first import, each loads as usual when something asks for it
-afterwards; transformers is told torch.distributed is not there, torch is not; torch's compiler and
-flex attention are still stand-ins after a start and an image; the image is the same; and
+afterwards; transformers is told torch.distributed is not there, torch is not; torch's compiler,
+flex attention, symbolic shapes, sympy and PEFT are still stand-ins after a start and an image, and
+diffusers still sees PEFT (LoRA stays on); the image is the same; and
 ``LAZY_IMPORTS=0`` turns it all off. The stand-ins themselves: tests/test_deferred_modules.py."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hardware.profiles import choose_profile
-from startup.import_diet import DEFERRED, deferred_for, hidden
+from startup.import_diet import DEFERRED, LazyPackageMap, deferred_for, hidden, lazy_package_map
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +46,12 @@ from request.generation import parse_request
 request = parse_request({"prompt": "a red bicycle", "width": 64, "height": 64, "seed": 3})
 image = generate(service.model, Batch(["a red bicycle"], 1, 3), request, resolve("sdxl", "fast", num_inference_steps=2)).images[0]
 report["pixels"] = hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
+report["still_deferred_after_image"] = still_deferred()
+import importlib.metadata
+report["package_map_built"] = getattr(import_utils._package_map, "built", True)
+report["package_map_same"] = dict(import_utils._package_map) == importlib.metadata.packages_distributions()
+from diffusers.utils import USE_PEFT_BACKEND
+report["diffusers_uses_peft"] = USE_PEFT_BACKEND
 import scipy.stats  # asked for later: loads as usual
 report["scipy_later"] = scipy.stats.norm.cdf(0.0)
 print("REPORT" + json.dumps(report))
@@ -68,8 +75,11 @@ def test_deferred_libraries_stay_out_of_the_start_and_load_when_asked(tiny_weigh
         assert plain["bitsandbytes"]
     assert lazy["scipy_later"] == plain["scipy_later"] == 0.5
     assert lazy["pixels"] == plain["pixels"]
-    assert lazy["still_deferred"] == ["torch._dynamo", "torch.nn.attention.flex_attention"]
-    assert plain["still_deferred"] == []
+    every = ["torch._dynamo", "torch.nn.attention.flex_attention", "sympy", "torch.fx.experimental.symbolic_shapes", "peft"]
+    assert lazy["still_deferred"] == lazy["still_deferred_after_image"] == every
+    assert plain["still_deferred"] == plain["still_deferred_after_image"] == []
+    assert not lazy["package_map_built"] and lazy["package_map_same"] and plain["package_map_same"]
+    assert lazy["diffusers_uses_peft"] == plain["diffusers_uses_peft"] == (importlib.util.find_spec("peft") is not None)
     assert not lazy["transformers_sees_distributed"] and plain["transformers_sees_distributed"]
     assert lazy["torch_sees_distributed"] == plain["torch_sees_distributed"] == plain["transformers_sees_distributed"]
 
@@ -143,3 +153,15 @@ def test_nothing_is_hidden_once_diffusers_was_imported_before_start_up(monkeypat
     profile = choose_profile("cpu", None, False, False, env={})
     monkeypatch.setitem(sys.modules, "diffusers", sys.modules.get("diffusers") or importlib.import_module("diffusers"))
     assert deferred_for(profile) == []
+
+
+def test_the_package_map_is_built_on_its_first_look_up_once() -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.packages_distributions
+    with lazy_package_map():
+        lazy = importlib.metadata.packages_distributions()
+    assert importlib.metadata.packages_distributions is real
+    assert isinstance(lazy, LazyPackageMap) and not lazy.built
+    assert "torch" in lazy and lazy.built and lazy.get("no-such-package") is None
+    assert dict(lazy) == real() and len(lazy) == len(real())
