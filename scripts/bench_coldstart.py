@@ -7,8 +7,9 @@ For each page-cache state (warm, and dropped for the weight files) and --runs ti
     which carries whatever work start-up deferred (CUDA-graph capture, compilation), so process
     start -> first image is what a cold boot's waiting caller sees;
   * the service again with each --variant's environment (by default the weight stream switched the
-    other way from the device's default, ``FAST_LOAD=0`` on a GPU and ``FAST_LOAD=1`` on the CPU, and
-    ``LAZY_IMPORTS=0``), so what each changes is measured in the same run and CI runs every path;
+    other way from the device's default, ``FAST_LOAD=0`` on a GPU and ``FAST_LOAD=1`` on the CPU,
+    ``LAZY_IMPORTS=0``, and a start without transformers' model-map file, as in an image built
+    without cog.yaml's step), so what each changes is measured in the same run and CI runs every path;
   * plain diffusers: ``from_pretrained`` + ``.to(device)`` in a fresh process;
   * the time to read the weight bytes from disk with the cache dropped.
 It prints a markdown table with medians and ratios and writes JSON and the table to --out.
@@ -40,6 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.loading.component_build import weight_files  # noqa: E402
 from startup.chain import STAGES  # noqa: E402
+from startup.import_structure_cache import BUILD_COMMAND  # noqa: E402
+
+# an IMPORT_CACHE_DIR that cannot exist: every start builds transformers' model map and cannot keep it
+NO_IMPORT_CACHE = "IMPORT_CACHE_DIR=/dev/null/imports"
 
 READY_TIMEOUT_S = 600.0
 
@@ -79,6 +84,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_import_cache(folder: Path) -> None:
+    """What ``cog build`` does with cog.yaml's step: write transformers' model map, here into ``folder``,
+    which every service start of this run then reads (``IMPORT_CACHE_DIR``)."""
+    env = dict(os.environ, IMPORT_CACHE_DIR=str(folder), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    subprocess.run(["bash", "-c", BUILD_COMMAND], check=True, env=env, cwd=ROOT)
+    os.environ["IMPORT_CACHE_DIR"] = str(folder)
 
 
 def parse_variant(text: str) -> dict[str, str]:
@@ -256,7 +269,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
     parser.add_argument("--variant", action="append", default=None,
                         help="VAR=VALUE[,VAR=VALUE]: also time the service with this environment (repeatable; "
-                             "default: FAST_LOAD the other way from the device default, and LAZY_IMPORTS=0; --variant none for none)")
+                             f"default: FAST_LOAD the other way from the device default, LAZY_IMPORTS=0 and {NO_IMPORT_CACHE}; "
+                             "--variant none for none)")
     parser.add_argument("--first-image", default="1024x1024x20", metavar="WxHxSTEPS",
                         help="after READY, time one prediction of this size (none: skip); --ci uses 64x64x2")
     parser.add_argument("--ci", action="store_true", help="tiny weights, one run per cache state, check the chain")
@@ -278,8 +292,9 @@ def main() -> None:
     if args.variant is None:
         import torch
 
-        args.variant = ["FAST_LOAD=0" if torch.cuda.is_available() else "FAST_LOAD=1", "LAZY_IMPORTS=0"]
+        args.variant = ["FAST_LOAD=0" if torch.cuda.is_available() else "FAST_LOAD=1", "LAZY_IMPORTS=0", NO_IMPORT_CACHE]
     variants = [v for v in args.variant if v != "none"]
+    write_import_cache(workdir / "import-cache")
     results = [measure(args.weights, cache, args.runs, workdir, args.model, variants, first_image) for cache in caches]
     device = results[0]["records"][0].get("device", "?")
     if device == "cuda":

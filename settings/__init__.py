@@ -55,6 +55,8 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
             "Unset: free GPU memory on CUDA, no limit elsewhere."),
     Setting("FAST_LOAD", bool, None, "The weight stream onto the device at start-up. Unset: on for CUDA, off elsewhere."),
     Setting("WEIGHT_STREAM_WORKERS", int, None, "Reader threads of the weight stream. Unset: 4 on CUDA, 2 elsewhere."),
+    Setting("IMPORT_CACHE_DIR", Path, Path("~/.cache/fast-image-service/imports"),
+            "transformers' map of its models, kept for the next start (cog build writes it into the image)."),
     Setting("COMPILE_CACHE_DIR", Path, Path("weights/compile-cache"),
             "Compiled-artifact files for SPEED_COMPILE=regional (scripts/build_compile_cache.py writes them)."),
     Setting("IP_ADAPTER_WEIGHTS", Path, Path("weights/ip-adapter"), "SDXL IP-Adapter folder, in h94/IP-Adapter's layout."),
@@ -80,8 +82,9 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
             "Where setup() writes its stage timings as JSON."),
     Setting("LAZY_IMPORTS", bool, True,
             "The import diet: keep bitsandbytes (unless the profile quantizes), scipy and, for transformers, "
-            "torch.distributed out of sight while diffusers and transformers first import, and defer torch's "
-            "compiler and flex attention until used, with the garbage collector paused. 0: import everything as "
+            "torch.distributed out of sight while diffusers and transformers first import; defer torch's compiler, "
+            "flex attention, symbolic shapes with sympy, PEFT and diffusers' package map until used; read "
+            "transformers' model map from IMPORT_CACHE_DIR; pause the garbage collector. 0: import everything as "
             "usual, for diagnosis."),
     Setting("HW_PROFILE", str, None, "Force a hardware profile by name (hardware/profiles.json). Unset: chosen by device and free memory."),
 )}

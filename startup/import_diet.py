@@ -29,6 +29,9 @@ about 0.15 s), for two look-ups that no request here makes (a distribution name 
 name differs, and custom pipelines from a downloaded repository). During the stage that function
 returns a mapping that is built on its first look-up (:class:`LazyPackageMap`).
 
+transformers' map of its models is read from a file rather than rebuilt from every model file
+(``startup.import_structure_cache``).
+
 Python's cyclic garbage collector is paused from the start of ``setup()`` to the end of the
 imports stage: importing creates hundreds of thousands of long-lived objects, and each full
 collection while they pile up scans all of them again (about 0.5 s of the imports and load stages
@@ -53,6 +56,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 import settings
 from hardware.profiles import Profile
 from startup import deferred_modules
+from startup.import_structure_cache import cached_import_structure
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ def diet(profile: Profile) -> Iterator[None]:
     if not settings.get("LAZY_IMPORTS"):
         yield
         return
-    with hidden(deferred_for(profile)), deferred_modules.deferred(), lazy_package_map():
+    with hidden(deferred_for(profile)), deferred_modules.deferred(), lazy_package_map(), cached_import_structure():
         transformers_without_distributed()
         yield
 
