@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -89,8 +90,8 @@ def free_port() -> int:
 def write_import_cache(folder: Path) -> None:
     """What ``cog build`` does with cog.yaml's step: write transformers' model map, here into ``folder``,
     which every service start of this run then reads (``IMPORT_CACHE_DIR``)."""
-    env = dict(os.environ, IMPORT_CACHE_DIR=str(folder), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    subprocess.run(["bash", "-c", BUILD_COMMAND], check=True, env=env, cwd=ROOT)
+    command = shlex.quote(sys.executable) + BUILD_COMMAND.removeprefix("python")  # this interpreter, whatever PATH holds
+    subprocess.run(["bash", "-c", command], check=True, env=dict(os.environ, IMPORT_CACHE_DIR=str(folder)), cwd=ROOT)
     os.environ["IMPORT_CACHE_DIR"] = str(folder)
 
 

@@ -109,7 +109,7 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
         with timer.stage("imports"), diet(backend.settings):
             import_pipeline_classes(default_model)
         resume_collector(collector_paused)
-        collector_paused = False
+        collector_paused = None
         with timer.stage("load"):
             device_ready.join()
             if prefetch is not None:  # the stream's loader waits per file; without one, wait here

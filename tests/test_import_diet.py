@@ -123,27 +123,47 @@ def test_torchvision_stays_because_hiding_it_changes_the_image_processor() -> No
     assert "torchvision" not in DEFERRED
 
 
-def test_the_collector_pauses_for_the_imports_and_freezes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_collector_pauses_for_the_imports_and_freezes_only_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
     import gc
 
-    from startup.import_diet import pause_collector, resume_collector
+    from startup.import_diet import CollectorPause, pause_collector, resume_collector
 
     monkeypatch.setenv("LAZY_IMPORTS", "0")
-    assert not pause_collector() and gc.isenabled()
+    assert pause_collector() is None and gc.isenabled()
     monkeypatch.setenv("LAZY_IMPORTS", "1")
-    frozen_before = gc.get_freeze_count()
     paused = pause_collector()
     try:
-        assert paused and not gc.isenabled()
-        assert not pause_collector()  # already paused: the outer pause owns it
+        assert paused is not None and not gc.isenabled()
+        assert paused.freeze == ("diffusers" not in sys.modules and "transformers" not in sys.modules)
+        assert pause_collector() is None  # already paused: the outer pause owns it
     finally:
-        resume_collector(paused)
+        resume_collector(CollectorPause(freeze=False))  # this process's imports are not the first: no freeze
     assert gc.isenabled()
-    if frozen_before:  # an earlier start-up in this process froze already: not again
-        assert gc.get_freeze_count() == frozen_before
-    else:
-        assert gc.get_freeze_count() > 0
-        gc.unfreeze()
+    frozen_before = gc.get_freeze_count()
+    gc.disable()
+    resume_collector(CollectorPause(freeze=True))
+    assert gc.isenabled() and gc.get_freeze_count() >= frozen_before
+    gc.unfreeze()
+
+
+FREEZE_SCRIPT = """
+import gc, json, os, sys
+sys.path.insert(0, os.environ["ROOT"])
+from startup.chain import run_startup
+frozen_at_start = gc.get_freeze_count()  # Python 3.12 starts with some objects frozen
+run_startup(os.environ["WEIGHTS"])
+print("REPORT" + json.dumps({"frozen": gc.get_freeze_count() - frozen_at_start, "tracked": len(gc.get_objects())}))
+"""
+
+
+def test_a_first_start_up_freezes_what_its_imports_made(tiny_weights: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, ROOT=str(ROOT), WEIGHTS=str(tiny_weights), LAZY_IMPORTS="1",
+               STARTUP_TIMINGS_PATH=str(tmp_path / "timings.json"))
+    result = subprocess.run([sys.executable, "-c", FREEZE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("REPORT")]
+    report = json.loads(line[len("REPORT"):])
+    assert report["frozen"] > 100_000 and report["tracked"] < report["frozen"]
 
 
 def test_nothing_is_hidden_once_diffusers_was_imported_before_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
