@@ -146,6 +146,10 @@ sdxl_coldstart() {
 sdxl_imports() {
   "$PYTHON" scripts/import_profile.py --model sdxl --out "$STEP_DIR"
 }
+sdxl_bytecode() {
+  # issue #18: plain diffusers' import with the carried wheels compiled (above) and from source
+  "$PYTHON" scripts/bench_bytecode.py --runs 2 --out "$STEP_DIR"
+}
 sdxl_ablation() {
   # compile=regional is the extras part's (its first call compiles for minutes)
   "$PYTHON" scripts/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASE" --runs "$ABLATE_RUNS" \
@@ -196,7 +200,7 @@ extras_compile() {
   COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" scripts/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
-export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_imports sdxl_ablation \
+export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_imports sdxl_bytecode sdxl_ablation \
   flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_safety features_video extras_adetailer extras_compile
 export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
   SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS SAFETY_FLAGS SVD_SIZE VIDEO_FLAGS
@@ -210,6 +214,7 @@ case "$PART" in
     step generation 150 sdxl_generation
     step coldstart 150 sdxl_coldstart
     step imports 60 sdxl_imports
+    step bytecode 150 sdxl_bytecode
     step ablation 200 sdxl_ablation
     ;;
   flux)
