@@ -234,9 +234,13 @@ import torch.nn.attention.flex_attention as flex
 report["block_mask_after"] = masking_utils.BlockMask is flex.BlockMask or issubclass(flex.BlockMask, masking_utils.BlockMask)
 from diffusers.loaders import lora_base
 from diffusers.utils.peft_utils import scale_lora_layers
-scale_lora_layers(layer, 0.5)  # no LoRA layers: nothing to scale, and PEFT loads on this first real use
+scale_lora_layers(layer, 0.5)  # what every UNet and Flux forward runs: no LoRA layers, nothing imported
+report["after_forward"] = still_deferred()
+from peft import LoraConfig  # what a LoRA request's loading asks: the real PEFT
 import peft.tuners.tuners_utils as tuners_utils
-report["peft_class"] = issubclass(tuners_utils.BaseTunerLayer, lora_base.BaseTunerLayer)
+report["peft_class"] = (lora_base.BaseTunerLayer is not tuners_utils.BaseTunerLayer
+                        and issubclass(tuners_utils.BaseTunerLayer, lora_base.BaseTunerLayer)
+                        and LoraConfig.__module__.startswith("peft."))
 report["after_all"] = still_deferred()
 report["one_dynamo"] = sys.modules["torch._dynamo"] is torch._dynamo
 print("REPORT" + json.dumps(report))
@@ -256,4 +260,5 @@ def test_deferred_parts_of_torch_and_peft_wait_until_used() -> None:
     assert report["output_equal"] and report["compiled_after"]
     assert report["allowed_in_graph"] and report["recorded_after"] == 0
     assert report["after_compiling"] == ["peft"] and report["one_sympy"]  # compiling imports flex attention too
+    assert report["after_forward"] == ["peft"]
     assert report["block_mask_after"] and report["peft_class"] and report["after_all"] == [] and report["one_dynamo"]
