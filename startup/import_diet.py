@@ -25,7 +25,7 @@ stage, as they did before.
 
 diffusers maps every installed package to its distribution when it is imported
 (``importlib.metadata.packages_distributions()``, which reads every installed package's file list:
-about 0.15 s), for two look-ups that no request here makes (a distribution name for a package whose
+0.14 s on the CPU), for two look-ups that no request here makes (a distribution name for a package whose
 name differs, and custom pipelines from a downloaded repository). During the stage that function
 returns a mapping that is built on its first look-up (:class:`LazyPackageMap`).
 

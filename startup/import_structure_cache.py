@@ -2,11 +2,11 @@
 
 ``import transformers`` maps every public name of every model file to its module
 (``define_import_structure``: it reads each file's ``__all__``), and ``transformers.models`` maps it
-again for its own lazy module: about 0.25 s of the imports stage on the CPU. Both maps depend only on
-the installed transformers' files. So while the imports stage runs, those two calls are answered
-from a file keyed by transformers' version, its models folder and that folder's modification time
-(which a new install changes); on a miss transformers builds them as usual and the file is written
-at the end of the stage, for the next start.
+again for its own lazy module: 0.4-0.5 s of the imports stage on the CPU (README, Start-up). Both
+maps depend only on the installed transformers' files. So while the imports stage runs, those two
+calls are answered from a file keyed by transformers' version, its models folder and that folder's
+modification time (which a new install changes); on a miss transformers builds them as usual and the
+file is written at the end of the stage, for the next start.
 
 A container starts from its image, so the first start of each container would miss: ``cog build``
 writes the file into the image (``cog.yaml``'s ``run:`` step, :data:`BUILD_COMMAND`, which a test
