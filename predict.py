@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from cog import BasePredictor, Input, Path
 
+from request.inputs import FILE_INPUTS
 from service.job import run_request
 from startup.chain import ReadyService, run_startup
 
@@ -124,3 +125,14 @@ class Predictor(BasePredictor):
         out = self.output_root / str(self.count)
         self.count += 1
         return out
+
+
+# Cog's server (coglet 0.23) downloads every parameter annotated ``cog.Path`` before predict() runs,
+# from any address, loopback included, and without a size cap; it picks them by
+# ``typing.get_type_hints(predict)`` (coglet-python's input.rs), and takes a bare string as a local
+# path. The schema, which ``cog build`` reads from the source above, keeps these inputs as files
+# (``format: uri``: a file upload in Replicate's form); at run time they are declared plain strings,
+# so the caller's URL reaches the service unfetched and goes through its fenced fetcher
+# (request.reference_image). tests/test_fetch_http.py fails if coglet fetches one anyway.
+for _name in FILE_INPUTS:
+    Predictor.predict.__annotations__[_name] = "Optional[str]"

@@ -58,9 +58,9 @@ def configured() -> Path | None:
     """The video weights' folder, fetched once when given as a URL; None when there are none."""
     value = str(settings.get("SVD_WEIGHTS"))
     if value.startswith(("http://", "https://")):
-        from pipeline.loading.fetch import download
+        from pipeline.loading.remote import fetch_weights
 
-        return download(value, Path(settings.get("WEIGHTS_CACHE")))
+        return fetch_weights(value, "SVD_WEIGHTS").path
     folder = Path(value)
     return folder if (folder / "model_index.json").is_file() else None
 

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional, TypeVar
+from typing import Annotated, Any, Literal, Mapping, Optional, TypeVar, Union
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, StrictBool, StrictStr, ValidationError
@@ -45,17 +45,22 @@ def _number(value: Any) -> Any:
 
 
 def _file(value: Any) -> Any:
-    # Cog delivers file inputs as local paths; their content is checked by whoever reads them.
-    if not isinstance(value, (str, os.PathLike)):
-        raise ValueError("not a file")
-    return Path(value)
+    # Over HTTP a file input arrives as the caller's string: an http(s) or data: URL, fetched later
+    # through the fenced fetcher (``request.reference_image``). A bare string is never taken as a
+    # server-side path. In-process callers (tests, scripts/predict_local.py) pass pathlib.Path objects.
+    if isinstance(value, os.PathLike):
+        return Path(value)
+    if isinstance(value, str) and value.startswith(("http://", "https://", "data:")):
+        return value
+    raise ValueError("not an http(s) or data: URL (a path on the server is not read)")
 
 
 Int = Annotated[int, BeforeValidator(_integral)]
 Number = Annotated[float, BeforeValidator(_number)]
 Text = StrictStr
 Flag = StrictBool
-File = Annotated[Path, BeforeValidator(_file)]
+FILE_VALUE = Union[Path, str]  # a local path (in-process callers) or a URL string (HTTP callers)
+File = Annotated[FILE_VALUE, BeforeValidator(_file)]
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ def declared(model: type[BaseModel], name: str) -> Declared:
     info = model.model_fields[name]
     annotation, optional = _unwrap(info.annotation)
     choices = tuple(typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else None
-    kind = str if choices else annotation
+    kind = str if choices else Path if annotation == FILE_VALUE else annotation
     bounds: dict[str, Any] = {}
     for item in info.metadata:
         if isinstance(item, annotated_types.Ge):
@@ -110,7 +115,8 @@ def rule(field: Declared) -> str:
     if field.kind is bool:
         return "allowed: true or false"
     if field.kind is Path:
-        return "allowed: an image file or URL" + (", or empty" if field.optional else "")
+        return ("allowed: an http(s) or data: URL of an image (a path on the server is not read)"
+                + (", or empty" if field.optional else ""))
     if field.kind is str:
         parts = [f"a string of at most {field.max_length} characters"]
     elif field.kind is int:

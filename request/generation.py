@@ -198,13 +198,13 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     if scenes and request.num_outputs != 1:
         raise InputError("num_outputs", request.num_outputs, "must be 1 with scenes (one image per scene)")
     if request.mask is not None and request.image is None:
-        raise InputError("mask", str(request.mask), "needs image: the picture whose white areas are repainted")
+        raise InputError("mask", _shown(request.mask), "needs image: the picture whose white areas are repainted")
     if request.image is None and request.prompt_strength != DEFAULT_PROMPT_STRENGTH:
         raise InputError("prompt_strength", request.prompt_strength, "only applies with image")
     if not request.mask_keep_outside and request.mask is None:
         raise InputError("mask_keep_outside", False, "only applies with mask")
     if request.image is not None and scenes:
-        raise InputError("image", str(request.image), "not with scenes: a storyboard is made from text "
+        raise InputError("image", _shown(request.image), "not with scenes: a storyboard is made from text "
                                                       "(use face_image to keep a character)")
     _check_loras(request)
     _check_video(request)
@@ -236,3 +236,10 @@ def check_model_options(request: GenerationRequest, spec: ModelSpec, ad_negative
     for name, value in (("width", request.width), ("height", request.height)):
         if value is not None and value % spec.size_multiple:
             raise InputError(name, value, f"a multiple of {spec.size_multiple} for {spec.name}")
+
+
+def _shown(value: Any) -> str:
+    """A file input as messages show it (a data: URI by its type and length, not its bytes)."""
+    text = str(value)
+    return f"{text.partition(',')[0]},<{len(text)} characters>" if text.startswith("data:") else text[:300]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from pydantic import BaseModel
@@ -12,6 +13,7 @@ from request.generation import GenerationRequest
 
 INPUT_MODELS: tuple[type[BaseModel], ...] = (GenerationRequest, ADetailerArgs)
 INPUTS: Mapping[str, Declared] = {name: declared(model, name) for model in INPUT_MODELS for name in model.model_fields}
+FILE_INPUTS: tuple[str, ...] = tuple(name for name, field in INPUTS.items() if field.kind is Path)
 
 
 def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -72,11 +72,11 @@ def main() -> None:
     rows = []
     for preset in PRESET_NAMES:
         plain = median(args.runs, preset=preset)
-        with_face = median(args.runs, preset=preset, face_image=str(face))
+        with_face = median(args.runs, preset=preset, face_image=face)
         rows.append({"preset": preset, "without_face_s": plain, "with_face_s": with_face, "ratio": with_face / plain})
         print(f"{preset:>10}: without face {plain:.3f} s, with face {with_face:.3f} s ({with_face / plain:.2f}x)")
     storyboard = median(max(1, args.runs // 2), prompt="", scenes=SCENES, character="a woman with short dark hair",
-                        face_image=str(face))
+                        face_image=face)
     print(f"6-scene storyboard with face, balanced: {storyboard:.3f} s total")
     result = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",

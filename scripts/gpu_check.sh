@@ -143,6 +143,12 @@ sdxl_generation() {
 sdxl_coldstart() {
   "$PYTHON" scripts/bench_coldstart.py --weights "$SDXL_W" --cache warm --runs 1 --first-image "$SDXL_CASE" --out "$STEP_DIR"
 }
+sdxl_url_coldstart() {
+  # issue #24: the same full SDXL from a loopback object store (90 MB/s per connection, 1 GB/s in all)
+  # to READY, against from disk, in one run
+  "$PYTHON" scripts/bench_fetch.py --weights "$SDXL_W" --rate-mb 90 --ttfb-ms 150 --total-mb 1000 --runs 1 --skip-transfer \
+    --json "$STEP_DIR/fetch.json"
+}
 sdxl_imports() {
   "$PYTHON" scripts/import_profile.py --model sdxl --out "$STEP_DIR"
 }
@@ -200,7 +206,7 @@ extras_compile() {
   COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" scripts/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
-export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_imports sdxl_bytecode sdxl_ablation \
+export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_url_coldstart sdxl_imports sdxl_bytecode sdxl_ablation \
   flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_safety features_video extras_adetailer extras_compile
 export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
   SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS SAFETY_FLAGS SVD_SIZE VIDEO_FLAGS
@@ -213,6 +219,7 @@ case "$PART" in
     step gpu_paths 200 gpu_paths
     step generation 150 sdxl_generation
     step coldstart 150 sdxl_coldstart
+    step url_coldstart 150 sdxl_url_coldstart
     step imports 60 sdxl_imports
     step bytecode 150 sdxl_bytecode
     step ablation 200 sdxl_ablation

@@ -33,6 +33,8 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
                 if text.lower() not in ("true", "false"):
                     raise ValueError(text)
                 inputs[name] = text.lower() == "true"
+            elif kind is Path:  # a local file (``@photo.png`` as cog predict writes it, or a bare path), or a URL
+                inputs[name] = text if text.startswith(("http://", "https://", "data:")) else Path(text.removeprefix("@"))
             else:
                 inputs[name] = kind(text) if kind in (int, float) else text
         except ValueError:

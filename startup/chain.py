@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Optional
 
 from hardware.backend import Backend, configure_backend, start_device_init
-from pipeline.loading.select import load_source, start_weight_stream
-from pipeline.loading.weights import available_models, configured_weights, default_model_name, resolve_weights
+from netfetch import FetchError
+from pipeline.loading.remote import RemoteWeights, is_url
+from pipeline.loading.select import feed_remote_stream, load_source, start_weight_stream
+from pipeline.loading.weights import WeightsError, available_models, configured_weights, default_model_name, resolve_weights
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.safety_checker import report_configuration as report_safety_checker
 from request.catalog import MODELS
@@ -77,6 +79,20 @@ def import_pipeline_classes(model: str) -> None:
     transformers_logging.disable_progress_bar()
 
 
+def weights_field(explicit: Optional[str], model: str) -> str:
+    """The setting a weights URL came from, named in its errors."""
+    return "COG_WEIGHTS" if explicit else MODELS[model].weights_env
+
+
+def _fetched_source(remote: RemoteWeights, setting: str, model: str) -> WeightsSource:
+    """The URL's download, once proven complete and committed, checked as a local folder is."""
+    try:
+        entry = remote.wait()
+    except FetchError as error:
+        raise WeightsError(str(error)) from error
+    return resolve_weights(setting, model=model, fetched=entry.path)
+
+
 def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = None) -> ReadyService:
     """Run every stage; on failure the JSON still records the stages that finished."""
     configure_logging()
@@ -97,20 +113,26 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
         default_model = default_model_name()
         optional = requested_parts()
         setting = configured_weights(weights, default_model)
-        with timer.stage("prefetch"):
-            prefetch = start_prefetch(setting)
+        with timer.stage("prefetch"):  # a local folder into the page cache, or a URL's download begun
+            remote = RemoteWeights(setting, weights_field(weights, default_model)).start() if is_url(setting) else None
+            prefetch = start_prefetch(setting) if remote is None else None
         with timer.stage("backend"):
             backend = configure_backend(packages)
             device_ready = start_device_init(backend)
         with timer.stage("weights"):
             report_safety_checker()  # a stat; REQUIRE_SAFETY_CHECKER=1 without weights stops here
-            source = resolve_weights(setting, model=default_model)
-            stream = start_weight_stream(source, backend, ready=device_ready)
+            if remote is None:
+                source = resolve_weights(setting, model=default_model)
+                stream = start_weight_stream(source, backend, ready=device_ready)
+            else:  # the download goes on through the imports; its files stream as they arrive
+                stream = feed_remote_stream(remote, default_model, backend, ready=device_ready)
         with timer.stage("imports"), diet(backend.settings):
             import_pipeline_classes(default_model)
         resume_collector(collector_paused)
         collector_paused = None
         with timer.stage("load"):
+            if remote is not None:
+                source = _fetched_source(remote, setting, default_model)
             device_ready.join()
             if prefetch is not None:  # the stream's loader waits per file; without one, wait here
                 prefetch.join(timeout=0 if stream is not None else None)

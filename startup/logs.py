@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-PROJECT_LOGGERS = ("predict", "service", "startup", "pipeline", "adetailer", "request", "hardware", "presets", "settings")
+PROJECT_LOGGERS = ("predict", "service", "startup", "pipeline", "adetailer", "request", "hardware", "netfetch", "presets",
+                   "settings")
 
 
 class _ProjectHandler(logging.StreamHandler):

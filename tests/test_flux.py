@@ -147,8 +147,8 @@ def test_flux_identity_with_the_xlabs_adapter(multi, tmp_path, monkeypatch, capl
     Image.fromarray(data.astronaut()).save(face)
     plain = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
     with caplog.at_level(logging.INFO):
-        first = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=str(face))))
-        again = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=str(face))))
+        first = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=Path(face))))
+        again = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=Path(face))))
     after = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
     assert "IP-Adapter xlabs: identity from face_image at scale 0.65" in caplog.text
     assert "embedding cache hit" in caplog.text
@@ -210,9 +210,9 @@ def test_flux_dev_img2img_and_inpainting_share_the_loaded_weights(multi, tmp_pat
     source.save(tmp_path / "image.png")
     mask.save(tmp_path / "mask.png")
     common = dict(model="flux-dev", output_format="png", num_inference_steps=4, width=96, height=64)
-    img2img = multi.predict(**predict_inputs(**common, image=str(tmp_path / "image.png"), prompt_strength=0.5))
+    img2img = multi.predict(**predict_inputs(**common, image=Path(tmp_path / "image.png"), prompt_strength=0.5))
     assert Image.open(img2img[0]).size == (96, 64)
-    inpaint = multi.predict(**predict_inputs(**common, image=str(tmp_path / "image.png"), mask=str(tmp_path / "mask.png")))
+    inpaint = multi.predict(**predict_inputs(**common, image=Path(tmp_path / "image.png"), mask=Path(tmp_path / "mask.png")))
     out = np.asarray(Image.open(inpaint[0]).convert("RGB"))
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], np.asarray(source)[outside])

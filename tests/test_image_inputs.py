@@ -89,12 +89,12 @@ def vae_round_trip(predictor, image: Image.Image) -> np.ndarray:
 def test_low_strength_keeps_the_input_high_strength_leaves_it(predictor, pictures, exact_vae) -> None:
     source = Image.open(pictures["coarse"]).convert("RGB")
     round_trip = vae_round_trip(predictor, source)
-    low = pixels(run(predictor, image=str(pictures["coarse"]), prompt_strength=0.1, width=64, height=64))
-    high = pixels(run(predictor, image=str(pictures["coarse"]), prompt_strength=0.9, width=64, height=64))
+    low = pixels(run(predictor, image=Path(pictures["coarse"]), prompt_strength=0.1, width=64, height=64))
+    high = pixels(run(predictor, image=Path(pictures["coarse"]), prompt_strength=0.9, width=64, height=64))
     text = pixels(run(predictor, width=64, height=64))
     distance = {name: np.abs(value - round_trip).mean() for name, value in (("low", low), ("high", high), ("text", text))}
     assert distance["low"] < 0.5 * distance["high"] and distance["low"] < 0.5 * distance["text"], distance
-    other = pixels(run(predictor, image=str(pictures["noise"]), prompt_strength=0.1, width=64, height=64))
+    other = pixels(run(predictor, image=Path(pictures["noise"]), prompt_strength=0.1, width=64, height=64))
     # the image, not the prompt, decides a low-strength result
     assert np.abs(other - low).mean() > 3 * distance["low"]
 
@@ -102,30 +102,30 @@ def test_low_strength_keeps_the_input_high_strength_leaves_it(predictor, picture
 def test_strength_one_is_the_text_image_and_zero_the_input(predictor, pictures, caplog) -> None:
     text = pixels(run(predictor, width=64, height=64))
     with caplog.at_level(logging.INFO):
-        ignored = pixels(run(predictor, image=str(pictures["noise"]), prompt_strength=1.0, width=64, height=64))
+        ignored = pixels(run(predictor, image=Path(pictures["noise"]), prompt_strength=1.0, width=64, height=64))
     assert np.array_equal(ignored, text)
     assert "prompt_strength is 1: the image only sets the size" in caplog.text
-    unchanged = pixels(run(predictor, image=str(pictures["noise"]), prompt_strength=0.0, width=64, height=64))
+    unchanged = pixels(run(predictor, image=Path(pictures["noise"]), prompt_strength=0.0, width=64, height=64))
     assert np.array_equal(unchanged, pixels(pictures["noise"]))
 
 
 def test_steps_run_are_steps_times_strength_never_zero(predictor, pictures, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        run(predictor, image=str(pictures["noise"]), prompt_strength=0.5, width=64, height=64, num_inference_steps=4)
+        run(predictor, image=Path(pictures["noise"]), prompt_strength=0.5, width=64, height=64, num_inference_steps=4)
     assert "step 2/2" in caplog.text and "step 3/" not in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        run(predictor, image=str(pictures["noise"]), prompt_strength=0.05, width=64, height=64, num_inference_steps=4)
+        run(predictor, image=Path(pictures["noise"]), prompt_strength=0.05, width=64, height=64, num_inference_steps=4)
     assert "20 steps asked for so that one runs" in caplog.text and "step 1/1" in caplog.text
 
 
 def test_inpainting_keeps_the_outside_exactly_or_within_the_vae_round_trip(predictor, pictures, exact_vae) -> None:
     source = pixels(pictures["noise"])
     mask = np.asarray(Image.open(pictures["mask"])) > 0
-    kept = pixels(run(predictor, image=str(pictures["noise"]), mask=str(pictures["mask"]), width=64, height=64))
+    kept = pixels(run(predictor, image=Path(pictures["noise"]), mask=Path(pictures["mask"]), width=64, height=64))
     assert np.array_equal(kept[~mask], source[~mask])  # byte-identical outside
     assert np.abs(kept[mask] - source[mask]).mean() > 5  # repainted inside
-    loose = pixels(run(predictor, image=str(pictures["noise"]), mask=str(pictures["mask"]), width=64, height=64,
+    loose = pixels(run(predictor, image=Path(pictures["noise"]), mask=Path(pictures["mask"]), width=64, height=64,
                        mask_keep_outside=False))
     round_trip = vae_round_trip(predictor, Image.open(pictures["noise"]).convert("RGB"))
     far = np.ones((64, 64), bool)
@@ -139,14 +139,14 @@ def test_inpainting_keeps_the_outside_exactly_or_within_the_vae_round_trip(predi
 
 def test_an_all_black_mask_returns_the_input_unchanged(predictor, pictures, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        out = run(predictor, image=str(pictures["noise"]), mask=str(pictures["black"]), width=64, height=64)
+        out = run(predictor, image=Path(pictures["noise"]), mask=Path(pictures["black"]), width=64, height=64)
     assert np.array_equal(pixels(out), pixels(pictures["noise"]))
     assert "the mask is all black: nothing to repaint; returning the input image unchanged" in caplog.text
 
 
 def test_a_mask_of_another_size_is_resized_and_says_so(predictor, pictures, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        out = run(predictor, image=str(pictures["noise"]), mask=str(pictures["small_mask"]), width=64, height=64)
+        out = run(predictor, image=Path(pictures["noise"]), mask=Path(pictures["small_mask"]), width=64, height=64)
     assert "mask: 32x32 resized to the image's 64x64" in caplog.text
     mask = np.asarray(Image.open(pictures["mask"])) > 0
     assert np.array_equal(pixels(out)[~mask], pixels(pictures["noise"])[~mask])
@@ -157,7 +157,7 @@ def test_the_output_follows_the_images_shape_and_megapixels(predictor, pictures)
     assert derived_size((80, 48), 0.25, 16) == (656, 400)
     assert derived_size((48, 80), 0.25, 8) == (400, 664)
     assert derived_size((20000, 100), 1.0, 8) == (2048, 72)  # clamped to the bounds of width and height
-    out = Image.open(run(predictor, image=str(pictures["wide"]), megapixels="0.25", prompt_strength=0.1,
+    out = Image.open(run(predictor, image=Path(pictures["wide"]), megapixels="0.25", prompt_strength=0.1,
                          width=None, height=None, num_inference_steps=2))
     assert out.size == (664, 400)
     assert fit(Image.new("RGB", (100, 50)), (50, 50)).size == (50, 50)  # covered and cropped, not stretched
@@ -167,26 +167,26 @@ def test_the_output_follows_the_images_shape_and_megapixels(predictor, pictures)
 
 def test_identity_and_adetailer_on_an_input_image(predictor, pictures, ip_adapter_weights, monkeypatch, caplog) -> None:
     monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(ip_adapter_weights))
-    base = dict(image=str(pictures["noise"]), prompt_strength=0.6, width=64, height=64)
+    base = dict(image=Path(pictures["noise"]), prompt_strength=0.6, width=64, height=64)
     plain = pixels(run(predictor, **base))
     with caplog.at_level(logging.INFO):
-        identity = pixels(run(predictor, **base, face_image=str(pictures["coarse"])))
+        identity = pixels(run(predictor, **base, face_image=Path(pictures["coarse"])))
     assert "identity from face_image" in caplog.text and not np.array_equal(plain, identity)
     caplog.clear()
     with caplog.at_level(logging.INFO):
         run(predictor, **base, adetailer=True)
-        run(predictor, **base, mask=str(pictures["mask"]), adetailer=True)
+        run(predictor, **base, mask=Path(pictures["mask"]), adetailer=True)
     assert caplog.text.count("ADetailer face: nothing detected") == 2 and "inpainting 1 image(s)" in caplog.text
 
 
 @pytest.mark.parametrize("overrides, field, words", [
-    (dict(mask="m.png"), "mask", "needs image"),
+    (dict(mask="https://example.com/m.png"), "mask", "needs image"),
     (dict(prompt_strength=0.5), "prompt_strength", "only applies with image"),
-    (dict(image="i.png", mask_keep_outside=False), "mask_keep_outside", "only applies with mask"),
-    (dict(image="i.png", scenes="a\nb"), "image", "not with scenes"),
-    (dict(image="i.png", aspect_ratio="16:9"), "aspect_ratio", "keeps the image's aspect ratio"),
+    (dict(image="https://example.com/i.png", mask_keep_outside=False), "mask_keep_outside", "only applies with mask"),
+    (dict(image="https://example.com/i.png", scenes="a\nb"), "image", "not with scenes"),
+    (dict(image="https://example.com/i.png", aspect_ratio="16:9"), "aspect_ratio", "keeps the image's aspect ratio"),
     (dict(width=512, height=512, megapixels="0.25"), "megapixels", "leave it at 1 with width and height"),
-    (dict(image="i.png", prompt_strength=1.5), "prompt_strength", "from 0 to 1"),
+    (dict(image="https://example.com/i.png", prompt_strength=1.5), "prompt_strength", "from 0 to 1"),
 ])
 def test_refused_combinations_name_the_field(overrides: dict, field: str, words: str) -> None:
     with pytest.raises(InputError) as error:

@@ -33,7 +33,7 @@ def pixels(outputs: list) -> np.ndarray:
 def test_reference_face_changes_the_image_and_absence_changes_nothing(predictor, adapter_env, face, caplog) -> None:
     baseline = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png")))
     with caplog.at_level(logging.INFO):
-        with_face = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png", face_image=str(face))))
+        with_face = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png", face_image=Path(face))))
     assert not np.array_equal(baseline, with_face)
     assert "IP-Adapter plus-face: identity from face_image at scale 0.65" in caplog.text
     # the adapter is now loaded; a request without face_image is pixel-identical to before it was
@@ -43,14 +43,14 @@ def test_reference_face_changes_the_image_and_absence_changes_nothing(predictor,
 
 def test_scale_zero_equals_no_adapter(predictor, adapter_env, face) -> None:
     baseline = pixels(predictor.predict(**predict_inputs(seed=41, output_format="png")))
-    zero = pixels(predictor.predict(**predict_inputs(seed=41, output_format="png", face_image=str(face), ip_adapter_scale=0.0)))
+    zero = pixels(predictor.predict(**predict_inputs(seed=41, output_format="png", face_image=Path(face), ip_adapter_scale=0.0)))
     assert np.array_equal(baseline, zero)
 
 
 def test_preset_scale_and_override(predictor, adapter_env, face, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        predictor.predict(**predict_inputs(preset="quality", num_inference_steps=2, face_image=str(face)))
-        predictor.predict(**predict_inputs(face_image=str(face), ip_adapter_scale=1.2))
+        predictor.predict(**predict_inputs(preset="quality", num_inference_steps=2, face_image=Path(face)))
+        predictor.predict(**predict_inputs(face_image=Path(face), ip_adapter_scale=1.2))
     assert "at scale 0.8" in caplog.text and "at scale 1.2" in caplog.text
 
 
@@ -63,8 +63,8 @@ def test_embedding_is_computed_once_per_distinct_image(predictor, adapter_env, t
     copy = tmp_path / "same-coffee.webp"
     Image.open(fresh).save(copy, lossless=True)  # same pixels, another file and format
     with caplog.at_level(logging.INFO):
-        first = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=str(fresh))))
-        second = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=str(copy))))
+        first = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=Path(fresh))))
+        second = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=Path(copy))))
     assert caplog.text.count("reference image embedded in") == 1
     assert "reference image embedding cache hit" in caplog.text
     assert np.array_equal(first, second)
@@ -74,7 +74,7 @@ def test_bad_face_image_is_refused_and_service_keeps_working(predictor, adapter_
     junk = tmp_path / "face.jpg"
     junk.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(InputError) as caught:
-        predictor.predict(**predict_inputs(face_image=str(junk)))
+        predictor.predict(**predict_inputs(face_image=Path(junk)))
     assert caught.value.field == "face_image"
     assert predictor.predict(**predict_inputs())
 
@@ -84,7 +84,7 @@ def test_plain_variant(predictor, ip_adapter_weights, face, monkeypatch, caplog)
     monkeypatch.setenv("IP_ADAPTER_VARIANT", "plain")
     baseline = pixels(predictor.predict(**predict_inputs(seed=42, output_format="png")))
     with caplog.at_level(logging.INFO):
-        plain = pixels(predictor.predict(**predict_inputs(seed=42, output_format="png", face_image=str(face))))
+        plain = pixels(predictor.predict(**predict_inputs(seed=42, output_format="png", face_image=Path(face))))
     assert "IP-Adapter plain" in caplog.text and not np.array_equal(baseline, plain)
     assert np.array_equal(baseline, pixels(predictor.predict(**predict_inputs(seed=42, output_format="png"))))
 
@@ -94,7 +94,7 @@ def test_missing_adapter_weights_say_where_they_were_expected(predictor, face, t
 
     monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(tmp_path / "nothing-here"))
     with pytest.raises(IPAdapterUnavailable, match="nothing-here.*ip-adapter-plus-face_sdxl_vit-h.safetensors"):
-        predictor.predict(**predict_inputs(face_image=str(face)))
+        predictor.predict(**predict_inputs(face_image=Path(face)))
     assert predictor.predict(**predict_inputs())
 
 
@@ -102,7 +102,7 @@ def test_storyboard_with_one_identity(predictor, adapter_env, face, caplog) -> N
     with caplog.at_level(logging.INFO):
         outputs = predictor.predict(**predict_inputs(
             prompt="", scenes="waking up\ncooking breakfast", character="a woman with short hair",
-            face_image=str(face), output_format="png",
+            face_image=Path(face), output_format="png",
         ))
     assert [Path(p).name for p in outputs] == ["scene-01.png", "scene-02.png", "contact-sheet.png"]
     assert caplog.text.count("IP-Adapter plus-face: identity from face_image") == 1

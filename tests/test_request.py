@@ -5,7 +5,7 @@ import pytest
 
 from request.errors import InputError
 from request.generation import ASPECT_RATIOS, parse_request
-from request.inputs import INPUTS
+from request.inputs import FILE_INPUTS, INPUTS
 
 
 def raw(**overrides: object) -> dict:
@@ -70,8 +70,8 @@ def test_missing_prompt_is_required_without_scenes() -> None:
         ({"scenes": "a", "num_outputs": 2}, "num_outputs", "must be 1 with scenes"),
         ({"character": "a tall woman"}, "character", "only applies with scenes"),
         ({"ip_adapter_scale": 0.5}, "ip_adapter_scale", "only applies with face_image"),
-        ({"ip_adapter_scale": 2.0, "face_image": "/x.png"}, "ip_adapter_scale", "from 0 to 1.5"),
-        ({"face_image": 7}, "face_image", "an image file"),
+        ({"ip_adapter_scale": 2.0, "face_image": "https://example.com/x.png"}, "ip_adapter_scale", "from 0 to 1.5"),
+        ({"face_image": 7}, "face_image", "URL of an image"),
     ],
 )
 def test_identity_and_storyboard_rules(overrides: dict, field: str, words: str) -> None:
@@ -135,7 +135,9 @@ def test_cog_inputs_are_the_request_models_fields() -> None:
         if typing.get_origin(kind) is typing.Union:
             kind, optional = next(arg for arg in typing.get_args(kind) if arg is not type(None)), True
         assert optional == spec.optional, name
-        assert kind.__name__ == spec.kind.__name__, name  # cog's Path is a pathlib.Path
+        # file inputs are plain strings at run time (predict.py, after the class), so coglet does not fetch them
+        expected = "str" if name in FILE_INPUTS else spec.kind.__name__
+        assert kind.__name__ == expected, name
 
 
 @pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # predict()/BasePredictor, kept on purpose

@@ -1,10 +1,7 @@
 import hashlib
-import http.server
 import shutil
 import tarfile
-import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -57,86 +54,56 @@ def test_garbage_file_is_not_safetensors(tmp_path: Path) -> None:
         resolve_weights(str(other))
 
 
-class RangeServer(http.server.ThreadingHTTPServer):
-    """Serves one file with HTTP Range support; can drop the first response part-way."""
-
-    def __init__(self, payload: bytes, cut_first_at: int | None = None) -> None:
-        self.payload = payload
-        self.cut_first_at = cut_first_at
-        self.requests: list[str | None] = []
-        super().__init__(("127.0.0.1", 0), RangeHandler)
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    server: RangeServer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        payload = self.server.payload
-        header = self.headers.get("Range")
-        self.server.requests.append(header)
-        start = int(header.split("=")[1].split("-")[0]) if header else 0
-        body = payload[start:]
-        self.send_response(206 if header else 200)
-        self.send_header("Content-Length", str(len(body)))
-        if header:
-            self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
-        self.end_headers()
-        if self.server.cut_first_at is not None and len(self.server.requests) == 1:
-            self.wfile.write(body[: self.server.cut_first_at])
-            self.wfile.flush()
-            self.connection.shutdown(2)  # the connection dies mid-transfer
-            return
-        self.wfile.write(body)
-
-
 @pytest.fixture
-def weights_tar(tiny_weights: Path, tmp_path: Path) -> bytes:
-    archive = tmp_path / "sdxl.tar"
+def weights_tar(tiny_weights: Path, tmp_path: Path) -> Path:
+    archive = tmp_path / "store" / "sdxl.tar"
+    archive.parent.mkdir()
     with tarfile.open(archive, "w") as tar:
         tar.add(tiny_weights, arcname="sdxl-tiny")
-    return archive.read_bytes()
+    return archive
 
 
-def serve(payload: bytes, cut_first_at: int | None = None) -> Iterator[RangeServer]:
-    server = RangeServer(payload, cut_first_at)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def test_url_download_resumes_verifies_unpacks_and_caches(weights_tar: Path, tmp_path: Path, monkeypatch) -> None:
+    from scripts.object_store import Faults, serve
+
+    monkeypatch.setenv("WEIGHTS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("WEIGHTS_FETCH_CHUNK_MB", "0.25")
+    sha = hashlib.sha256(weights_tar.read_bytes()).hexdigest()
+    store = serve(weights_tar.parent, Faults(rate=0, ttfb=0, reset_after=100_000, resets=1))
     try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_url_download_resumes_verifies_unpacks_and_caches(weights_tar: bytes, tmp_path: Path) -> None:
-    sha = hashlib.sha256(weights_tar).hexdigest()
-    for server in serve(weights_tar, cut_first_at=len(weights_tar) // 3):
-        url = f"http://127.0.0.1:{server.server_port}/sdxl.tar#sha256={sha}"
-        source = resolve_weights(url, cache_dir=tmp_path / "cache")
+        url = f"{store.url}/sdxl.tar#sha256={sha}"
+        source = resolve_weights(url)
         assert source.layout == "diffusers" and (source.path / "model_index.json").is_file()
-        assert server.requests[0] is None and server.requests[1] == f"bytes={len(weights_tar) // 3}-"
-        again = resolve_weights(url, cache_dir=tmp_path / "cache")
-        assert again.path == source.path and len(server.requests) == 2  # served from the cache
+        ranges = [r for _, r in store.requests]
+        assert ranges[0] == "bytes=0-262143" and "bytes=100000-262143" in ranges  # chunk 0 resumed where it broke
+        count = store.count()
+        again = resolve_weights(url)
+        assert again.path == source.path and store.count() == count  # served from the cache
+    finally:
+        store.stop()
 
 
-def test_url_with_wrong_checksum_is_refused(weights_tar: bytes, tmp_path: Path) -> None:
-    for server in serve(weights_tar):
-        url = f"http://127.0.0.1:{server.server_port}/sdxl.tar#sha256={'0' * 64}"
+def test_url_with_wrong_checksum_is_refused(weights_tar: Path, tmp_path: Path, monkeypatch) -> None:
+    from scripts.object_store import Faults, serve
+
+    monkeypatch.setenv("WEIGHTS_CACHE", str(tmp_path / "cache"))
+    store = serve(weights_tar.parent, Faults(rate=0, ttfb=0))
+    try:
         with pytest.raises(WeightsError) as caught:
-            resolve_weights(url, cache_dir=tmp_path / "cache")
+            resolve_weights(f"{store.url}/sdxl.tar#sha256={'0' * 64}")
+    finally:
+        store.stop()
     message = str(caught.value)
-    assert "sdxl.tar" in message and "expected sha256 000" in message
-    assert not list((tmp_path / "cache").glob("*.part"))
+    assert "sdxl.tar" in message and "expected sha256 000" in message and "SDXL_WEIGHTS" in message
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def test_unreachable_url_names_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pipeline.loading.fetch.ATTEMPTS", 1)
+    monkeypatch.setenv("WEIGHTS_CACHE", str(tmp_path))
+    monkeypatch.setenv("WEIGHTS_FETCH_TIMEOUT_S", "3")
     with socket_closed_port() as port:
         with pytest.raises(WeightsError, match=f"127.0.0.1:{port}/w.safetensors"):
-            resolve_weights(f"http://127.0.0.1:{port}/w.safetensors", cache_dir=tmp_path)
+            resolve_weights(f"http://127.0.0.1:{port}/w.safetensors")
 
 
 class socket_closed_port:

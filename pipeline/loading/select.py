@@ -56,6 +56,20 @@ def start_weight_stream(source: WeightsSource, backend: Backend, ready: Optional
     return start_stream(source.path, backend.device, skip, ready)
 
 
+def feed_remote_stream(remote: Any, model: str, backend: Backend, ready: Optional[Any] = None) -> Optional[Any]:
+    """A weight stream that takes ``remote``'s files from memory as they arrive (see
+    ``pipeline.loading.remote``); None where the loader will not stream (``FAST_LOAD=0``, offload).
+    On the CPU the stream is used too: the bytes are in memory already, so no file is read back."""
+    from pipeline.loading.placement import quantized_at_load
+    from pipeline.loading.stream import WeightStream
+
+    if settings.get("FAST_LOAD") is False or backend.settings.offload != "none" or backend.device not in ("cuda", "cpu"):
+        return None
+    stream = WeightStream([], backend.device, ready=ready).start()
+    remote.feed(stream, frozenset(quantized_at_load(backend.settings, MODELS[model].pipeline_class)))
+    return stream
+
+
 def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] = None) -> LoadedModel:
     """Build the pipeline for a resolved source, once: a cached model is returned as it is. If memory
     is short, least recently used models are evicted first. ``stream``: this source's weight stream,

@@ -68,10 +68,21 @@ def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
         return json.loads(handle.read(length)), 8 + length
 
 
-def read_header(path: Path) -> list[TensorEntry]:
-    """The tensors in a safetensors file, in file order, with absolute byte offsets."""
+def buffer_header(buffer: Any) -> tuple[dict[str, Any], int]:
+    """``safetensors_header`` for a file's bytes in memory (a mapping the fetcher filled)."""
+    if len(buffer) < 8:
+        raise ValueError(f"too short for a safetensors header ({len(buffer)} bytes)")
+    (length,) = struct.unpack("<Q", buffer[:8])
+    if length > len(buffer) - 8:
+        raise ValueError(f"header length {length} exceeds file size {len(buffer)}")
+    return json.loads(bytes(buffer[8:8 + length])), 8 + length
+
+
+def read_header(path: Path, buffer: Optional[Any] = None) -> list[TensorEntry]:
+    """The tensors in a safetensors file (or its bytes in ``buffer``), in file order, with absolute
+    byte offsets."""
     try:
-        header, data_start = safetensors_header(path)
+        header, data_start = safetensors_header(path) if buffer is None else buffer_header(buffer)
     except (ValueError, UnicodeDecodeError) as error:
         raise StreamError(f"{path}: {error}") from error
     entries = []
@@ -83,7 +94,7 @@ def read_header(path: Path) -> list[TensorEntry]:
         begin, end = info["data_offsets"]
         entries.append(TensorEntry(name, DTYPES[info["dtype"]], tuple(info["shape"]), data_start + begin, data_start + end))
     entries.sort(key=lambda entry: entry.start)
-    size = path.stat().st_size
+    size = path.stat().st_size if buffer is None else len(buffer)
     if entries and entries[-1].end > size:
         raise StreamError(f"{path}: truncated (header says {entries[-1].end} bytes, file has {size})")
     return entries
@@ -177,6 +188,10 @@ class WeightStream:
 
     ``ready`` (a thread to join, e.g. the CUDA context being created) runs first: device tensors
     cannot be allocated before it.
+
+    Files still arriving over the network (``pipeline.loading.remote``) are not read from disk:
+    ``arrive(buffer)`` hands each one's bytes in memory as soon as the fetcher has them all, and
+    ``bind`` names their final paths once the download is proven complete.
     """
 
     def __init__(self, files: list[Path], device: str, workers: Optional[int] = None,
@@ -197,6 +212,22 @@ class WeightStream:
         self._finished: Optional[float] = None
         self._lock = threading.Lock()
         self._outstanding = 0
+        self._arrived: dict[int, Future] = {}  # id(buffer) -> its planning, for files handed in memory
+
+    def arrive(self, buffer: Any, label: str) -> None:
+        """Start copying one file's bytes (a complete safetensors file in memory) to the device."""
+        with self._lock:
+            self._outstanding += 1
+        self._arrived[id(buffer)] = self._pool.submit(self._plan, Path(label), buffer)
+
+    def bind(self, buffers: dict[Path, Any]) -> None:
+        """The final path of each buffer handed to ``arrive``: ``state_dict(path)`` then finds it."""
+        for path, buffer in buffers.items():
+            future = self._arrived.get(id(buffer))
+            if future is not None:
+                key = Path(path).resolve()
+                self._streams[key] = future
+                self.files.append(key)
 
     def start(self) -> "WeightStream":
         # Planning (header reads, device allocation) happens on a pool thread too, so start() returns at once.
@@ -205,19 +236,19 @@ class WeightStream:
             self._streams[path] = self._pool.submit(self._plan, path)
         return self
 
-    def _plan(self, path: Path) -> FileStream:
+    def _plan(self, path: Path, buffer: Optional[Any] = None) -> FileStream:
         import torch
 
         if self._ready is not None:
             self._ready.join()
-        entries = read_header(path)
+        entries = read_header(path, buffer)
         tensors = {e.name: torch.empty(e.shape, dtype=getattr(torch, e.dtype), device=self.device) for e in entries}
         chunks = plan_chunks((e for e in entries if e.end > e.start), tensors, self.chunk_bytes)
         stream = FileStream(path, tensors, len(chunks))
         with self._lock:
             self._outstanding += len(chunks)
         for pieces in chunks:
-            self._pool.submit(self._copy_chunk, path, pieces, stream)
+            self._pool.submit(self._copy_chunk, path, pieces, stream, buffer)
         self._task_done()
         return stream
 
@@ -231,19 +262,29 @@ class WeightStream:
             self._local.stream = torch.cuda.Stream() if cuda else None
         return self._local.buffer, self._local.stream
 
-    def _copy_chunk(self, path: Path, pieces: list[Piece], stream: FileStream) -> None:
+    def _copy_chunk(self, path: Path, pieces: list[Piece], stream: FileStream, buffer: Optional[Any] = None) -> None:
         error: Optional[BaseException] = None
         try:
-            fd = os.open(path, os.O_RDONLY)
+            if buffer is not None:
+                read = memoryview(buffer)
+
+                def fill(target: memoryview, offset: int) -> None:
+                    target[:] = read[offset:offset + len(target)]
+            else:
+                fd = os.open(path, os.O_RDONLY)
+
+                def fill(target: memoryview, offset: int) -> None:
+                    pread_into(fd, target, offset)
             try:
                 if not self.staged:
                     for piece in pieces:  # straight into the destination memory
                         target = byte_view(piece.tensor)[piece.offset:piece.offset + piece.end - piece.start]
-                        pread_into(fd, memoryview(target.numpy()), piece.start)
+                        fill(memoryview(target.numpy()), piece.start)
                 else:
-                    self._staged_copy(fd, pieces)
+                    self._staged_copy(fill, pieces)
             finally:
-                os.close(fd)
+                if buffer is None:
+                    os.close(fd)
         except BaseException as caught:  # reported by the file's result()
             error = caught
         stream.chunk_done(error)
@@ -255,14 +296,14 @@ class WeightStream:
             if self._outstanding == 0:
                 self._finished = time.perf_counter()
 
-    def _staged_copy(self, fd: int, pieces: list[Piece]) -> None:
+    def _staged_copy(self, fill: Any, pieces: list[Piece]) -> None:
         import contextlib
 
         import torch
 
         buffer, copy_stream = self._buffer()
         first, last = pieces[0].start, pieces[-1].end
-        pread_into(fd, memoryview(buffer[: last - first].numpy()), first)
+        fill(memoryview(buffer[: last - first].numpy()), first)
         with torch.cuda.stream(copy_stream) if copy_stream is not None else contextlib.nullcontext():
             for piece in pieces:
                 target = byte_view(piece.tensor)[piece.offset:piece.offset + piece.end - piece.start]

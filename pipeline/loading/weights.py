@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import settings
-from pipeline.loading.fetch import FetchError, download
+from netfetch import FetchError
 from pipeline.models import WeightsSource
 from request.catalog import MODELS
 
@@ -100,13 +100,17 @@ def _check_diffusers_folder(folder: Path, model: str) -> None:
         check_safetensors(tensors)
 
 
-def resolve_weights(setting: str, cache_dir: Optional[Path] = None, model: str = "sdxl") -> WeightsSource:
-    """Fetch if it is a URL, then check the local path; raise ``WeightsError`` on any problem."""
+def resolve_weights(setting: str, model: str = "sdxl", fetched: Optional[Path] = None) -> WeightsSource:
+    """Fetch if it is a URL (or take ``fetched``, where start-up already did), then check the local
+    path; raise ``WeightsError`` on any problem."""
+    from pipeline.loading.remote import fetch_weights, is_url
+
     origin = setting
-    if setting.startswith(("http://", "https://")):
-        cache = cache_dir or settings.get("WEIGHTS_CACHE")
+    if fetched is not None:
+        path = fetched
+    elif is_url(setting):
         try:
-            path = download(setting, cache)
+            path = fetch_weights(setting, MODELS[model].weights_env).path
         except FetchError as error:
             raise WeightsError(str(error)) from error
     else:

@@ -1,39 +1,29 @@
-"""Fetch a caller's LoRA URL safely into the on-disk LoRA cache.
+"""Fetch a caller's LoRA URL into the on-disk LoRA cache, through the one fenced fetcher.
 
-The URL comes from a request, so the fetch is fenced: http and https only, and not to loopback,
-private, link-local or reserved addresses (``LORA_ALLOW_PRIVATE_URLS=1`` lifts that, for tests and
-private deployments); every redirect is checked the same way, and one to another scheme is refused.
-The size is capped (``LORA_MAX_MB``) from the announced length and again while reading. Time-outs,
-retries and resuming a broken download with a Range request are the weight fetcher's
-(``pipeline.loading.fetch``), which start-up uses for weight URLs.
+The URL comes from a request, so ``netfetch`` fences it: http and https only, every address it
+resolves to (and every redirect's) must be global, and the connection goes to the address that
+was checked (``LORA_ALLOW_PRIVATE_URLS=1`` lifts the address rule, for tests and private
+deployments). ``LORA_TIMEOUT_S`` is the whole download's deadline, ``LORA_MAX_MB`` caps it on the
+wire and unpacked. A pickle is refused from its first bytes; a tar (Replicate's trainers ship
+``lora.safetensors`` in one) is unpacked as it arrives and must hold exactly one ``.safetensors``.
 
-The cache (``LORA_CACHE``) keeps one file per URL with its content hash beside it, and evicts the
-least recently used files beyond ``LORA_CACHE_MB``. The content hash names the adapter, so the same
-file under two URLs is loaded once.
+The cache (``LORA_CACHE``) keeps one complete entry per URL with its content hash, and evicts the
+least recently used beyond ``LORA_CACHE_MB``, leftovers of dead downloads included. The content
+hash names the adapter, so the same file under two URLs is loaded once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-import json
 import logging
-import socket
 import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import settings
-from pipeline.loading.fetch import FetchError, TooLarge, fetch_to, sha256_file
+from netfetch import FetchError, FetchPolicy, cache
+from netfetch.policy import MB
 
 log = logging.getLogger(__name__)
-
-
-class UnsafeURL(ValueError):
-    """The URL may not be fetched; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -45,75 +35,36 @@ class LoraFile:
     seconds: float
 
 
-def check_url(url: str) -> None:
-    """Refuse anything but http(s) to a public address (unless private addresses are allowed)."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise UnsafeURL(f"only http and https URLs are fetched, not {parsed.scheme or 'this'}")
-    if settings.get("LORA_ALLOW_PRIVATE_URLS"):
-        return
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parsed.hostname, parsed.port or 443)}
-    except socket.gaierror as error:
-        raise UnsafeURL(f"host {parsed.hostname} not found ({error.strerror})") from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
-            raise UnsafeURL(f"{parsed.hostname} is a private address ({ip}); set LORA_ALLOW_PRIVATE_URLS=1 to allow")
+class NotOneSafetensors(FetchError):
+    """A tar that does not hold exactly one ``.safetensors`` file."""
 
 
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Every redirect target passes ``check_url`` too (a public URL must not bounce to a private one)."""
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        check_url(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def opener() -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_CheckedRedirects)
+def policy(field: str) -> FetchPolicy:
+    limit = int(settings.get("LORA_MAX_MB") * MB)
+    return FetchPolicy(field=field, trusted=bool(settings.get("LORA_ALLOW_PRIVATE_URLS")),
+                       deadline_s=float(settings.get("LORA_TIMEOUT_S")), max_bytes=limit, max_unpacked=limit,
+                       concurrency=4)
 
 
-def _entry(url: str) -> Path:
-    return Path(settings.get("LORA_CACHE")) / hashlib.sha256(url.encode()).hexdigest()[:24]
-
-
-def fetch(url: str) -> LoraFile:
-    """The cached file for ``url``, downloading it on a miss. Raises UnsafeURL, TooLarge or FetchError."""
+def fetch(url: str, field: str = "lora_weights") -> LoraFile:
+    """The cached file for ``url``, downloading it on a miss. Raises a ``FetchError`` naming ``field``."""
     started = time.perf_counter()
-    check_url(url)
-    entry = _entry(url)
-    data, meta = entry.with_suffix(".bin"), entry.with_suffix(".json")
-    if data.exists() and meta.exists():
-        record = json.loads(meta.read_text())
-        data.touch()  # least recently used goes first
-        return LoraFile(url, data, record["sha256"], True, time.perf_counter() - started)
-    data.parent.mkdir(parents=True, exist_ok=True)
-    max_bytes = int(settings.get("LORA_MAX_MB") * 1024 * 1024)
-    fetch_to(url, data, timeout=float(settings.get("LORA_TIMEOUT_S")), max_bytes=max_bytes, opener=opener())
-    sha = sha256_file(data)
-    meta.write_text(json.dumps({"url": url, "sha256": sha, "bytes": data.stat().st_size}))
-    evict_beyond(int(settings.get("LORA_CACHE_MB") * 1024 * 1024), keep=data)
-    return LoraFile(url, data, sha, False, time.perf_counter() - started)
+    folder = Path(settings.get("LORA_CACHE"))
+    entry = cache.fetch(url, folder, policy(field), hash_content=True)
+    path = entry.path
+    if path.is_dir():
+        members = sorted(path.rglob("*.safetensors"))
+        if len(members) != 1:
+            cache.remove(folder, cache.entry_key(url))
+            raise NotOneSafetensors(f"{field}: a tar with {len(members)} .safetensors files; it must hold exactly one")
+        path = members[0]
+    cache.evict_beyond(folder, int(settings.get("LORA_CACHE_MB") * MB), keep=entry.path)
+    return LoraFile(url, path, entry.sha256 or "", entry.cached, time.perf_counter() - started)
 
 
-def evict_beyond(limit: int, keep: Path) -> list[Path]:
-    """Delete the least recently used cached files until the cache holds at most ``limit`` bytes."""
-    folder = keep.parent
-    files = sorted(folder.glob("*.bin"), key=lambda p: p.stat().st_mtime)
-    total = sum(p.stat().st_size for p in files)
-    evicted = []
-    for path in files:
-        if total <= limit:
-            break
-        if path == keep:
-            continue
-        total -= path.stat().st_size
-        path.unlink()
-        path.with_suffix(".json").unlink(missing_ok=True)
-        evicted.append(path)
-        log.info("LoRA cache: evicted %s (least recently used) to stay within LORA_CACHE_MB", path.name)
-    return evicted
+def forget(url: str) -> None:
+    """Drop ``url``'s cache entry (a file that failed its check after the download)."""
+    cache.remove(Path(settings.get("LORA_CACHE")), cache.entry_key(url))
 
 
-__all__ = ["FetchError", "LoraFile", "TooLarge", "UnsafeURL", "check_url", "evict_beyond", "fetch"]
+__all__ = ["FetchError", "LoraFile", "fetch", "forget"]

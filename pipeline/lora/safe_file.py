@@ -4,13 +4,11 @@ A LoRA comes from a caller's URL, so it is untrusted: a pickle (``.pt``, ``.ckpt
 ``.safetensors``) can run code when loaded, and is never opened. safetensors' layout is an 8-byte
 little-endian header length, that many bytes of JSON naming each tensor's dtype, shape and byte
 range, then the data. Every range must lie inside the file, or the file is truncated or forged.
-A tar (Replicate's trainers ship ``lora.safetensors`` in one) is opened only to take out its one
-``.safetensors`` member, by name, never by extracting paths.
+(A tar's one ``.safetensors`` member is taken out by the fetcher, ``pipeline.lora.download``.)
 """
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +41,14 @@ def read_header(path: Path) -> dict[str, Any]:
     for name, info in tensors.items():
         try:
             begin, end = info["data_offsets"]
+            if not all(type(v) is int for v in (begin, end, *info["shape"])):
+                raise TypeError("offsets and shape must be integers")
             count = 1
             for dim in info["shape"]:
-                count *= int(dim)
+                count *= dim
             width = DTYPE_BYTES[info["dtype"]]
         except (KeyError, TypeError, ValueError):
             raise NotSafetensors(f"tensor {name!r} has a malformed entry") from None
         if not 0 <= begin <= end <= data_size or end - begin != count * width:
             raise NotSafetensors(f"tensor {name!r} lies outside the file's {data_size} data bytes: the file is truncated")
     return tensors
-
-
-def safetensors_in(path: Path, work: Path, max_bytes: int) -> Path:
-    """``path`` itself, or the one ``.safetensors`` file inside the tar at ``path`` (copied to ``work``)."""
-    if not tarfile.is_tarfile(path):
-        return path
-    out = work / (path.name + ".safetensors")
-    if out.exists() and out.stat().st_mtime >= path.stat().st_mtime:  # taken out on an earlier request
-        return out
-    with tarfile.open(path) as archive:
-        members = [m for m in archive.getmembers() if m.isfile() and m.name.endswith(".safetensors")]
-        if len(members) != 1:
-            raise NotSafetensors(f"a tar with {len(members)} .safetensors files; it must hold exactly one")
-        member = members[0]
-        if member.size > max_bytes:
-            raise NotSafetensors(f"its .safetensors member is {member.size} bytes; at most {max_bytes} allowed")
-        work.mkdir(parents=True, exist_ok=True)
-        source = archive.extractfile(member)
-        assert source is not None
-        with source, out.open("wb") as target:
-            while block := source.read(8 * 1024 * 1024):
-                target.write(block)
-    return out
