@@ -27,6 +27,7 @@ from pipeline.models import LoadedModel, WeightsSource
 from pipeline.safety_checker import report_configuration as report_safety_checker
 from request.catalog import MODELS
 from startup.cmdargs import filter_sys_argv
+from startup.deferred_modules import still_deferred
 from startup.import_diet import diet, pause_collector, resume_collector
 from startup.install_guard import install_guard, package_report
 from startup.logs import configure_logging
@@ -144,5 +145,8 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
     timings = timer.finish(device=backend.device, dtype=backend.dtype_name, weights=str(source.path), model=default_model)
     available = tuple(name for name in available_models(weights, default_model) if name != default_model)
     log.info("models: %s loaded (default)%s", default_model, "; on demand: " + ", ".join(available) if available else "")
+    waiting = still_deferred()
+    if waiting:
+        log.info("import diet: still deferred until first use: %s", ", ".join(waiting))
     preload = start_preload(load_source(source, backend), optional)
     return ReadyService(backend, source, timings, (default_model, *available), preload)

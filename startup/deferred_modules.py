@@ -63,6 +63,7 @@ import functools
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -72,6 +73,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from startup import shape_guards
+from startup.diet_notice import skipped
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class Deferral:
     names: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     requires: tuple[str, ...] = ()  # deferred packages the real module imports: loaded before it
     keep_submodules: bool = False  # submodule stand-ins stay after the stage, until the package loads
+    # (distribution, oldest, newest major.minor) this deferral was tested with; outside it, not deferred
+    tested: Optional[tuple[str, str, str]] = None
 
 
 DEFERRALS: tuple[Deferral, ...] = (
@@ -102,24 +106,24 @@ DEFERRALS: tuple[Deferral, ...] = (
         },
         f"{DYNAMO}._trace_wrapped_higher_order_op": {"TransformGetItemToIndex": "function"},  # transformers.masking_utils
         f"{DYNAMO}.utils": {"is_compile_supported": "function"},  # torchvision.ops.roi_align
-    }),
+    }, tested=("torch", "2.11", "2.14")),
     Deferral(FLEX, "flex attention: no model here runs it (SDPA and the catalog's attention backends do)", {
         FLEX: {  # transformers.integrations.flex_attention and masking_utils; diffusers.models.attention_dispatch
             "BlockMask": "class", "AuxRequest": "class", "create_block_mask": "function",
             "flex_attention": "function", "_DEFAULT_SPARSE_BLOCK_SIZE": "constant",
         },
-    }),
+    }, tested=("torch", "2.11", "2.14")),
     Deferral("sympy", "symbolic algebra: only torch's compiler and symbolic shapes use it", {
         "sympy": {"Basic": "class"},  # torch._prims_common.elementwise_dtypes, torch.sym_not
     }),
     Deferral(SHAPES, "torch's symbolic shapes: a model built on the meta device asks it about plain sizes", {
         SHAPES: {name: "plain" for name in shape_guards.PLAIN_ANSWERS},  # torch._refs, torch._prims_common
-    }, requires=("sympy",)),
+    }, requires=("sympy",), tested=("torch", "2.11", "2.14")),
     Deferral("peft", "PEFT: only a LoRA request uses it", {
         "peft": {"PeftModel": "class"},  # diffusers.pipelines.pipeline_loading_utils._unwrap_model
         "peft.tuners.tuners_utils": {"BaseTunerLayer": "class"},  # diffusers.loaders.lora_base, utils.peft_utils
         "peft.helpers": {"disable_input_dtype_casting": "function"},  # diffusers.hooks.layerwise_casting
-    }, keep_submodules=True),
+    }, keep_submodules=True, tested=("peft", "0.21", "0.21")),
 )
 
 
@@ -202,6 +206,9 @@ class _Standin(types.ModuleType):
             raise AttributeError(attribute)
         return getattr(_real(self.__name__), attribute)
 
+    def __repr__(self) -> str:
+        return f"<deferred module {self.__name__!r}: a stand-in until first use (startup.deferred_modules)>"
+
 
 def _lazily_disabled(fn: Any, recursive: bool, kwargs: dict[str, Any]) -> Any:
     """``torch._dynamo.disable(fn)`` without dynamo: calls ``fn`` until dynamo exists, then its real wrapper."""
@@ -222,15 +229,13 @@ def _lazily_disabled(fn: Any, recursive: bool, kwargs: dict[str, Any]) -> Any:
 class _Package(_Standin):
     """A deferred package's stand-in: importing a submodule reaches :class:`_Finder`."""
 
-    def __init__(self, deferral: Deferral, answers: dict[str, Any]) -> None:
+    def __init__(self, deferral: Deferral, answers: dict[str, Any], spec: importlib.machinery.ModuleSpec) -> None:
         super().__init__(deferral.package, answers)
         self.deferral = deferral
         self.recorded: list[tuple[str, Any]] = []
         for name, kind in deferral.names.get(deferral.package, {}).items():
             if kind == "decorator":
                 setattr(self, name, self._recorder(name))
-        parent = deferral.package.rpartition(".")[0]
-        spec = importlib.machinery.PathFinder.find_spec(deferral.package, sys.modules[parent].__path__ if parent else None)
         self.__spec__ = spec  # importlib.util.find_spec answers from it: the libraries ask whether it is installed
         if spec.submodule_search_locations is not None:  # a package
             self.__path__ = list(spec.submodule_search_locations)
@@ -365,18 +370,27 @@ def deferred(deferrals: tuple[Deferral, ...] = DEFERRALS) -> Iterator[list[str]]
     """
     packages: dict[str, _Package] = {}
     submodules: dict[str, _Standin] = {}
+    kept: dict[str, _Standin] = {}
     for deferral in deferrals:
         parent, _, child = deferral.package.rpartition(".")
         if deferral.package in sys.modules or (parent and parent not in sys.modules):
             continue
-        kind = _Dynamo if deferral.package == DYNAMO else _Package
-        packages[deferral.package] = kind(deferral, _answers(deferral.package, deferral.names.get(deferral.package, {})))
-        if deferral.package == DYNAMO:
-            packages[DYNAMO].eval_frame = types.SimpleNamespace(OptimizedModule=_lazy_class(f"{DYNAMO}.eval_frame", "OptimizedModule"))
-        for module, names in deferral.names.items():
-            if module != deferral.package and module not in sys.modules:
-                standin = _Standin(module, _answers(module, names))
-                (sys.modules if deferral.keep_submodules else submodules)[module] = standin
+        try:
+            spec = usable_spec(deferral)
+            if spec is None:
+                continue
+            kind = _Dynamo if deferral.package == DYNAMO else _Package
+            package = kind(deferral, _answers(deferral.package, deferral.names.get(deferral.package, {})), spec)
+            if deferral.package == DYNAMO:
+                package.eval_frame = types.SimpleNamespace(OptimizedModule=_lazy_class(f"{DYNAMO}.eval_frame", "OptimizedModule"))
+            own = {module: _Standin(module, _answers(module, names)) for module, names in deferral.names.items()
+                   if module != deferral.package and module not in sys.modules}
+        except Exception as error:  # noqa: BLE001 - a library that changed shape only costs the deferral
+            skipped(f"deferring {deferral.package}", f"{type(error).__name__}: {error}")
+            continue
+        packages[deferral.package] = package
+        (kept if deferral.keep_submodules else submodules).update(own)
+    sys.modules.update(kept)
     if not packages:
         yield []
         return
@@ -393,6 +407,31 @@ def deferred(deferrals: tuple[Deferral, ...] = DEFERRALS) -> Iterator[list[str]]
         for name, module in submodules.items():
             if sys.modules.get(name) is module:
                 del sys.modules[name]
+
+
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = (version.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+def usable_spec(deferral: Deferral) -> Optional[importlib.machinery.ModuleSpec]:
+    """The package's spec when it may be deferred here; None (logged) when it is not installed or its
+    version is outside the range the deferral was tested with."""
+    if deferral.tested is not None:
+        distribution, oldest, newest = deferral.tested
+        try:
+            version = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            skipped(f"deferring {deferral.package}", f"{distribution} is not installed")
+            return None
+        if not _minor(oldest) <= _minor(version) <= _minor(newest):
+            skipped(f"deferring {deferral.package}", f"{distribution} {version} is outside the tested {oldest}-{newest}")
+            return None
+    parent = deferral.package.rpartition(".")[0]
+    spec = importlib.machinery.PathFinder.find_spec(deferral.package, sys.modules[parent].__path__ if parent else None)
+    if spec is None:
+        skipped(f"deferring {deferral.package}", "the module is not found")
+    return spec
 
 
 def still_deferred() -> list[str]:

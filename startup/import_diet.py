@@ -56,11 +56,12 @@ import gc
 import importlib.metadata
 import logging
 import sys
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import settings
 from hardware.profiles import Profile
 from startup import deferred_modules
+from startup.diet_notice import skipped
 from startup.import_structure_cache import cached_import_structure
 
 log = logging.getLogger(__name__)
@@ -83,15 +84,62 @@ def deferred_for(profile: Profile) -> list[str]:
     return [name for name in DEFERRED if not (name == "bitsandbytes" and profile.uses_bitsandbytes)]
 
 
+class _Guarded(contextlib.AbstractContextManager):
+    """One part of the diet: entered and left so that its own failure only skips it.
+
+    The diet hooks library internals; a library upgrade may change them. Whatever one part raises
+    while it is entered or left is logged once (``import diet: ...``) and start-up goes on with that
+    part's imports as usual. An error of the imports themselves passes through untouched.
+    """
+
+    def __init__(self, name: str, manager: contextlib.AbstractContextManager) -> None:
+        self.name, self.manager, self.entered = name, manager, False
+
+    def __enter__(self) -> "_Guarded":
+        try:
+            self.manager.__enter__()
+            self.entered = True
+        except Exception as error:  # noqa: BLE001 - any failure of the hook itself only skips it
+            skipped(self.name, f"{type(error).__name__}: {error}")
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
+        if not self.entered:
+            return False
+        try:
+            return bool(self.manager.__exit__(kind, value, traceback))
+        except Exception as error:  # noqa: BLE001
+            if error is value:
+                raise
+            skipped(self.name, f"leaving it failed: {type(error).__name__}: {error}")
+            return False
+
+
 @contextlib.contextmanager
 def diet(profile: Profile) -> Iterator[None]:
     """The imports stage's diet for ``profile`` (nothing with ``LAZY_IMPORTS=0``): the libraries hidden,
-    transformers without distributed, torch's compiler deferred."""
+    transformers without distributed, torch's compiler deferred. Each part guards itself (``_Guarded``)."""
     if not settings.get("LAZY_IMPORTS"):
         yield
         return
-    with hidden(deferred_for(profile)), deferred_modules.deferred(), lazy_package_map(), cached_import_structure():
-        transformers_without_distributed()
+    parts: list[tuple[str, Callable[[], contextlib.AbstractContextManager]]] = [
+        ("hiding bitsandbytes and scipy", lambda: hidden(deferred_for(profile))),
+        ("deferred modules", deferred_modules.deferred),
+        ("diffusers' lazy package map", lazy_package_map),
+        ("transformers' model map from a file", cached_import_structure),
+    ]
+    with contextlib.ExitStack() as stack:
+        for name, make in parts:
+            try:
+                manager = make()
+            except Exception as error:  # noqa: BLE001
+                skipped(name, f"{type(error).__name__}: {error}")
+                continue
+            stack.enter_context(_Guarded(name, manager))
+        try:
+            transformers_without_distributed()
+        except Exception as error:  # noqa: BLE001
+            skipped("transformers' distributed verdict", f"{type(error).__name__}: {error}")
         yield
 
 
@@ -139,14 +187,17 @@ def transformers_without_distributed() -> bool:
     parallelism, FSDP, distributed checkpoints, ``is_dtensor``). Already filled: left as it is.
     """
     import torch.distributed
+    from transformers.utils import import_utils
 
+    verdict_fn = import_utils.is_torch_distributed_available
+    if not callable(getattr(verdict_fn, "cache_info", None)):  # tested with transformers 5.17-5.24: an lru_cache
+        skipped("transformers' distributed verdict", "is_torch_distributed_available is no longer a cached function")
+        return False
     real = torch.distributed.is_available
     torch.distributed.is_available = lambda: False
     try:
-        from transformers.utils import import_utils
-
-        cached = import_utils.is_torch_distributed_available.cache_info().currsize
-        verdict = import_utils.is_torch_distributed_available()
+        cached = verdict_fn.cache_info().currsize
+        verdict = verdict_fn()
     finally:
         torch.distributed.is_available = real
     if cached == 0 and not verdict:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import settings
+from startup.diet_notice import skipped
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,31 @@ class _WrappingLoader(importlib.abc.Loader):
     def exec_module(self, module: types.ModuleType) -> None:
         self.inner.exec_module(module)
         module.__spec__.loader = module.__loader__ = self.inner
-        module.define_import_structure = self.cache.wrap(module.define_import_structure)
+        define = getattr(module, "define_import_structure", None)
+        why = unexpected(define)
+        if why is not None:
+            skipped("transformers' model map from a file", why)
+            return
+        module.define_import_structure = self.cache.wrap(define)
 
     def __getattr__(self, name: str) -> Any:  # get_filename, get_code, is_package ... for tools
         return getattr(self.inner, name)
+
+
+def unexpected(define: Any) -> Optional[str]:
+    """Why ``define_import_structure`` is not the function this cache was written for (transformers
+    5.17-5.24: ``(module_path, prefix=None)``), or None."""
+    import inspect
+
+    if not callable(define):
+        return "transformers has no define_import_structure"
+    try:
+        names = list(inspect.signature(define).parameters)
+    except (TypeError, ValueError):
+        return "define_import_structure has no readable signature"
+    if names != ["module_path", "prefix"]:
+        return f"define_import_structure takes ({', '.join(names)}), not (module_path, prefix)"
+    return None
 
 
 def cache_path() -> Path:
