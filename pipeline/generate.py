@@ -102,7 +102,7 @@ def generate(
     log.info(
         "%s%s %d image(s) %dx%d with %s (%s), %s",
         f"{batch.label}: " if batch.label else "", {"text": "generating", "img2img": "img2img:", "inpaint": "inpainting"}[kind],
-        batch.size, request.width, request.height, model.family,
+        batch.size, request.width, request.height, model.spec.name,
         request.scheduler if model.spec.schedulers else "flow-matching Euler", settings.describe(),
     )
     if "width" in inspect.signature(pipe.__call__).parameters:  # SDXL img2img takes its size from the image

@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 import settings
+from pipeline.families import Family, family_for
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.models import LoadedModel
 from request.reference_image import ReferenceImage
 
 log = logging.getLogger(__name__)
-
-# adapter family -> the setting that holds its folder
-FOLDERS: Mapping[str, str] = {"sdxl": "IP_ADAPTER_WEIGHTS", "flux": "FLUX_IP_ADAPTER_WEIGHTS"}
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -51,17 +48,13 @@ class IPAdapterUnavailable(RuntimeError):
     """No adapter weights where the operator said they would be."""
 
 
-def adapter_family(model: LoadedModel) -> str:
-    return "flux" if model.spec.pipeline_class == "FluxPipeline" else "sdxl"
+def adapter_folder(family: Family) -> Path:
+    return settings.get(family.ip_adapter_setting)
 
 
-def adapter_folder(family: str) -> Path:
-    return settings.get(FOLDERS[family])
-
-
-def choose_variant(folder: Path, family: str) -> str:
+def choose_variant(folder: Path, family: Family) -> str:
     """The operator's ``$IP_ADAPTER_VARIANT`` (if it is this family's), else the first present."""
-    names = [name for name, variant in VARIANTS.items() if variant.family == family]
+    names = [name for name, variant in VARIANTS.items() if variant.family == family.name]
     wanted = settings.get("IP_ADAPTER_VARIANT")
     if wanted in names:
         names = [wanted]
@@ -69,7 +62,7 @@ def choose_variant(folder: Path, family: str) -> str:
         if (folder / VARIANTS[name].weight_file).is_file():
             return name
     expected = ", ".join(VARIANTS[name].weight_file for name in names)
-    raise IPAdapterUnavailable(f"no IP-Adapter weights in {folder}: expected {expected} (set ${FOLDERS[family]})")
+    raise IPAdapterUnavailable(f"no IP-Adapter weights in {folder}: expected {expected} (set ${family.ip_adapter_setting})")
 
 
 @dataclass
@@ -77,7 +70,7 @@ class IPAdapter:
     """A loaded adapter bound to one pipeline, and the embeddings of reference images seen so far."""
 
     pipe: Any
-    family: str
+    family: Family
     variant: str
     adapter_processors: dict
     plain_processors: dict
@@ -86,7 +79,7 @@ class IPAdapter:
 
     @property
     def denoiser(self) -> Any:
-        return self.pipe.transformer if self.family == "flux" else self.pipe.unet
+        return self.family.denoiser(self.pipe)
 
     # The projection is attached before its processors are set and detached before they are
     # restored: a Resampler's own attention layers count among the UNet's attention processors.
@@ -105,15 +98,11 @@ class IPAdapter:
         denoiser.set_attn_processor(dict(self.plain_processors))
 
     def _embed(self, reference: ReferenceImage) -> Any:
-        """The image encoder's output for one picture: (negative, positive) for SDXL, positive for Flux."""
+        """The image encoder's output for one picture, in the family's form."""
         import torch
 
         with torch.inference_mode():
-            if self.family == "flux":
-                (positive,) = self.pipe.prepare_ip_adapter_image_embeds(reference.image, None, self.pipe.device, 1)
-                return positive
-            (both,) = self.pipe.prepare_ip_adapter_image_embeds(reference.image, None, self.pipe.device, 1, True)
-            return both.chunk(2)
+            return self.family.embed_reference(self.pipe, reference.image)
 
     def pipeline_kwargs(self, reference: ReferenceImage, batch: int, guidance: bool) -> dict[str, Any]:
         """What the pipeline call needs for ``batch`` images; the encoder runs once per distinct picture.
@@ -121,7 +110,6 @@ class IPAdapter:
         Call while active: diffusers reads the attached projection to choose which encoder output
         (pooled embedding or hidden states) the adapter takes.
         """
-        import torch
 
         cached = self.embeds.get(reference.content_hash)
         if cached is None:
@@ -134,42 +122,22 @@ class IPAdapter:
         else:
             self.embeds.move_to_end(reference.content_hash)
             log.info("IP-Adapter: reference image embedding cache hit (%s)", reference.content_hash[:12])
-        if self.family == "flux":
-            # Flux repeats the embedding per image itself. Without an explicit negative it would
-            # encode a black image on every call, although the negative only counts with true CFG.
-            return {"ip_adapter_image_embeds": [cached], "negative_ip_adapter_image_embeds": [torch.zeros_like(cached)]}
-        negative, positive = cached
-        parts = [negative] * batch + [positive] * batch if guidance else [positive] * batch
-        return {"ip_adapter_image_embeds": [torch.cat(parts)]}
-
-
-def _load_into(pipe: Any, family: str, folder: Path, variant: Variant) -> None:
-    weight_file = folder / variant.weight_file
-    encoder = str(folder / variant.image_encoder)
-    if family == "flux":
-        pipe.load_ip_adapter(
-            str(weight_file.parent), weight_name=weight_file.name, image_encoder_pretrained_model_name_or_path=encoder,
-            image_encoder_dtype=pipe.transformer.dtype, local_files_only=True,
-        )
-    else:
-        pipe.load_ip_adapter(
-            str(folder), subfolder=str(weight_file.parent.relative_to(folder)), weight_name=weight_file.name,
-            image_encoder_folder=encoder, local_files_only=True,
-        )
+        return self.family.ip_adapter_kwargs(cached, batch, guidance)
 
 
 def load_adapter(model: LoadedModel, folder: Path | None = None) -> IPAdapter:
     """Load the adapter and image encoder onto ``model`` once; later calls return the cached one."""
-    family = adapter_family(model)
+    family = family_for(model.spec)
     folder = folder or adapter_folder(family)
     variant_name = choose_variant(folder, family)
     key = f"ip-adapter:{variant_name}:{folder.resolve()}:{model.source.model_id}"
 
     def build() -> IPAdapter:
         pipe = model.pipe
-        denoiser = pipe.transformer if family == "flux" else pipe.unet
+        denoiser = family.denoiser(pipe)
         plain = dict(denoiser.attn_processors)
-        _load_into(pipe, family, folder, VARIANTS[variant_name])
+        variant = VARIANTS[variant_name]
+        family.load_ip_adapter(pipe, folder, folder / variant.weight_file, str(folder / variant.image_encoder))
         pipe.image_encoder.to(device=pipe.device, dtype=denoiser.dtype)
         adapter = IPAdapter(
             pipe=pipe,

@@ -34,7 +34,6 @@ class WeightsSource:
 class LoadedModel:
     """A pipeline ready to generate, plus what a request needs to reset it between calls."""
 
-    family: str  # the preset family, which is the model's name
     pipe: Any
     base_scheduler_config: Mapping[str, Any]
     source: WeightsSource

@@ -30,8 +30,8 @@ from hardware.backend import Backend
 from pipeline.generate import generators_for
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.loading.component_build import weight_files
-from pipeline.loading.select import free_bytes
 from pipeline.progress import StepProgress
+from pipeline.select import free_bytes
 from presets.video import VideoSettings
 
 log = logging.getLogger(__name__)

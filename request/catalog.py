@@ -23,26 +23,30 @@ class ModelSpec:
     img2img_pipeline_class: str  # for a request's image, built with from_pipe
     inpaint_pipeline_class: str  # for a request's image and mask, and ADetailer's passes, built with from_pipe
     size_multiple: int  # width/height must be multiples of this
+    family: str  # its family module (pipeline.families): how it loads, its denoiser, LoRA and IP-Adapter
+    pipeline_module: str  # where pipeline_class lives: imported on its own in the imports stage
 
 
 MODELS: Mapping[str, ModelSpec] = {
     "sdxl": ModelSpec(
         "sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", single_file=True, negative_prompt=True,
         schedulers=True, ip_adapter=True, img2img_pipeline_class="StableDiffusionXLImg2ImgPipeline",
-        inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8,
+        inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8, family="sdxl",
+        pipeline_module="diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
     ),
     # Flux packs 2x2 latent patches over an 8x VAE: sides are multiples of 16. It has no
     # negative prompt and one sampler (flow-matching Euler).
     "flux-dev": ModelSpec(
         "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", single_file=False, negative_prompt=False,
         schedulers=False, ip_adapter=True, img2img_pipeline_class="FluxImg2ImgPipeline",
-        inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16,
+        inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16, family="flux",
+        pipeline_module="diffusers.pipelines.flux.pipeline_flux",
     ),
     "flux-schnell": ModelSpec(
         "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", single_file=False,
         negative_prompt=False, schedulers=False, ip_adapter=True, img2img_pipeline_class="FluxImg2ImgPipeline",
-        inpaint_pipeline_class="FluxInpaintPipeline",
-        size_multiple=16,
+        inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16, family="flux",
+        pipeline_module="diffusers.pipelines.flux.pipeline_flux",
     ),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)

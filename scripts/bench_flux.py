@@ -73,7 +73,7 @@ def switch(args: argparse.Namespace) -> dict:
     import torch
 
     from pipeline.generate import Batch, generate
-    from pipeline.loading.select import select_model
+    from pipeline.select import select_model
     from presets import resolve
     from request.generation import parse_request
     from startup.chain import run_startup

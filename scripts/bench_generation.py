@@ -130,7 +130,7 @@ def service_rows(service: Any, variant: str, overrides: dict[str, str], args: ar
 
     from pipeline.generate import Batch, generate
     from pipeline.loading.cache import MODEL_CACHE, release_memory
-    from pipeline.loading.select import load_source
+    from pipeline.select import load_source
     from presets import resolve
     from request.generation import parse_request
 

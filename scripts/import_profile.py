@@ -38,9 +38,8 @@ def parse_importtime(stderr: str) -> list[tuple[str, int, int]]:
 def profile(model: str) -> dict:
     import settings
     from request.catalog import MODELS
-    from startup.chain import PIPELINE_MODULES
 
-    module = PIPELINE_MODULES[MODELS[model].pipeline_class]
+    module = MODELS[model].pipeline_module
     # the imports stage's own diet (startup.import_diet), as for a profile that does not quantize
     code = ("import torch, startup.chain\nfrom hardware.profiles import load_profiles\nfrom startup.import_diet import diet\n"
             f"with diet(next(p for p in load_profiles() if p.name == 'h200-h100')):\n    import {module}")

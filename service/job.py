@@ -14,10 +14,10 @@ from hardware.backend import Backend
 from pipeline import video
 from pipeline.generate import Batch, generate, pick_seed
 from pipeline.ip_adapter import Identity, identity_for
-from pipeline.loading.select import select_model
 from pipeline.lora import LoraRejected, applied, fetch_loras
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.safety_checker import checker_for
+from pipeline.select import select_model
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from presets import EffectiveSettings, resolve
 from presets.video import resolve_video

@@ -21,10 +21,10 @@ from typing import Optional
 from hardware.backend import Backend, configure_backend, start_device_init
 from netfetch import FetchError
 from pipeline.loading.remote import RemoteWeights, is_url
-from pipeline.loading.select import feed_remote_stream, load_source, start_weight_stream
 from pipeline.loading.weights import WeightsError, available_models, configured_weights, default_model_name, resolve_weights
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.safety_checker import report_configuration as report_safety_checker
+from pipeline.select import feed_remote_stream, load_source, start_weight_stream
 from request.catalog import MODELS
 from startup.cmdargs import filter_sys_argv
 from startup.deferred_modules import still_deferred
@@ -61,18 +61,12 @@ class ReadyService:
         return load_source(self.default_source, self.backend)
 
 
-PIPELINE_MODULES = {
-    "StableDiffusionXLPipeline": "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
-    "FluxPipeline": "diffusers.pipelines.flux.pipeline_flux",
-}
-
-
 def import_pipeline_classes(model: str) -> None:
     """Import the default model's pipeline code now, so its cost shows as its own stage, and silence
     the loaders' progress bars: in Cog's logs they are noise, and per-step progress is logged apart."""
     import importlib
 
-    importlib.import_module(PIPELINE_MODULES[MODELS[model].pipeline_class])
+    importlib.import_module(MODELS[model].pipeline_module)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -19,8 +19,8 @@ def test_compile_is_armed_at_load_and_nothing_compiles_there(tiny_weights: Path,
 
     from hardware.backend import Backend
     from pipeline.loading.sdxl import load_sdxl
-    from pipeline.loading.select import with_speedups
     from pipeline.loading.weights import resolve_weights
+    from pipeline.select import with_speedups
 
     cpu = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")
     monkeypatch.setenv("SPEED_COMPILE", "regional")

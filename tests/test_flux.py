@@ -113,7 +113,7 @@ def test_adetailer_with_flux_uses_flux_inpaint_on_the_same_weights(multi, caplog
 
     from adetailer.mask import blur, dilate_erode
     from adetailer.runner import detector_for, inpaint_pipeline, run_adetailer
-    from pipeline.loading.select import select_model
+    from pipeline.select import select_model
     from presets import resolve
     from request.adetailer import parse_adetailer_args
 
@@ -159,7 +159,7 @@ def test_flux_identity_with_the_xlabs_adapter(multi, tmp_path, monkeypatch, capl
 def test_components_shared_on_disk_are_loaded_once(multi, flux_weights, tmp_path, caplog) -> None:
     """A schnell folder whose T5, CLIP and VAE are the dev folder's files (symlinks) reuses dev's modules."""
     from pipeline.loading.cache import MODEL_CACHE
-    from pipeline.loading.select import load_model, select_model
+    from pipeline.select import load_model, select_model
 
     service = multi.service
     dev = select_model("flux-dev", service.default_source, service.backend)
@@ -216,7 +216,7 @@ def test_flux_dev_img2img_and_inpainting_share_the_loaded_weights(multi, tmp_pat
     out = np.asarray(Image.open(inpaint[0]).convert("RGB"))
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], np.asarray(source)[outside])
-    from pipeline.loading.select import select_model
+    from pipeline.select import select_model
 
     flux = select_model("flux-dev", multi.service.default_source, multi.service.backend)  # loaded: reused
     for kind, class_name in (("img2img", "FluxImg2ImgPipeline"), ("inpaint", "FluxInpaintPipeline")):

@@ -44,8 +44,8 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
     """Every CUDA default (weight stream, fused QKV, CUDA graphs, bf16 decode) against
     everything off, on the same seeds: graphs captured once per size and verified."""
     from pipeline.generate import Batch, generate
-    from pipeline.loading.select import with_speedups
     from pipeline.loading.weights import resolve_weights
+    from pipeline.select import with_speedups
     from presets import resolve
     from request.generation import parse_request
 
@@ -58,13 +58,10 @@ def test_gpu_defaults_make_the_eager_image(tiny_weights: Path, flux_weights: dic
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        if model_name == "sdxl":
-            from pipeline.loading.sdxl import load_sdxl
+        from pipeline.families import family_for
+        from request.catalog import MODELS
 
-            return with_speedups(load_sdxl(source, backend), backend)
-        from pipeline.loading.flux import load_flux
-
-        return with_speedups(load_flux(source, backend), backend)
+        return with_speedups(family_for(MODELS[model_name]).load(source, backend), backend)
 
     def images(model) -> list[np.ndarray]:
         request = parse_request({"prompt": "a red bicycle", "width": 64, "height": 64, "seed": 5, "model": model_name})

@@ -114,8 +114,8 @@ def test_a_preload_waits_for_a_request_denoising_on_the_same_pipeline(predictor,
     import threading
     import time
 
-    import pipeline.ip_adapter as ip_adapter
     import pipeline.progress as progress
+    from pipeline.families.sdxl import SDXL
     from pipeline.loading.cache import MODEL_CACHE
     from startup.optional_parts import start_preload
 
@@ -126,7 +126,8 @@ def test_a_preload_waits_for_a_request_denoising_on_the_same_pipeline(predictor,
     MODEL_CACHE.evict(model_id)
 
     in_pipeline = threading.Event()
-    real_load = ip_adapter._load_into
+    family = type(SDXL)
+    real_load = family.load_ip_adapter
 
     def slow_load(*args: object, **kwargs: object) -> None:
         real_load(*args, **kwargs)
@@ -142,7 +143,7 @@ def test_a_preload_waits_for_a_request_denoising_on_the_same_pipeline(predictor,
             in_pipeline.wait(2.0)  # unguarded, the preload is now inside the pipeline we denoise with
         return real_step(self, pipe, index, timestep, callback_kwargs)
 
-    monkeypatch.setattr(ip_adapter, "_load_into", slow_load)
+    monkeypatch.setattr(family, "load_ip_adapter", slow_load)
     monkeypatch.setattr(progress.StepProgress, "__call__", step)
     raced = pixels(predictor.predict(**inputs))
     preloads[0].join(60)

@@ -81,7 +81,7 @@ def test_concurrent_requests_for_one_model_size_it_and_make_room_once(predictor,
     import threading
     import time
 
-    import pipeline.loading.select as loading
+    import pipeline.select as loading
     from pipeline.loading.cache import MODEL_CACHE
 
     source, backend = predictor.service.default_source, predictor.service.backend

@@ -57,10 +57,11 @@ def test_mps_and_cpu_profiles() -> None:
 
 
 def test_bitsandbytes_quantization_config_per_component() -> None:
-    from pipeline.loading.placement import flux_quantization_config
+    from pipeline.families.flux import FLUX
+    from pipeline.loading.placement import quantization_config
 
-    assert flux_quantization_config(choose_profile("cuda", 80.0, True, True, env={})) is None
-    config = flux_quantization_config(choose_profile("cuda", 15.5, True, True, env={"HW_T5_QUANTIZATION": "int8"}))
+    assert quantization_config(choose_profile("cuda", 80.0, True, True, env={}), FLUX.quantized) is None
+    config = quantization_config(choose_profile("cuda", 15.5, True, True, env={"HW_T5_QUANTIZATION": "int8"}), FLUX.quantized)
     transformer, t5 = config.quant_mapping["transformer"], config.quant_mapping["text_encoder_2"]
     assert type(transformer).__module__.startswith("diffusers") and transformer.load_in_4bit
     assert transformer.bnb_4bit_quant_type == "nf4"

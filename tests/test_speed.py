@@ -130,21 +130,18 @@ def test_graphed_block_routes_the_denoiser_and_restores_it() -> None:
 def load(tiny_weights: Path, monkeypatch, model: str = "sdxl", weights: Path | None = None, **env: str):
     import os
 
-    from pipeline.loading.select import with_speedups
     from pipeline.loading.weights import resolve_weights
+    from pipeline.select import with_speedups
 
     for name in [n for n in os.environ if n.startswith("SPEED_") or n == "FAST_LOAD"]:
         monkeypatch.delenv(name)  # each test says which switches it wants
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    from pipeline.families import family_for
+    from request.catalog import MODELS
+
     source = resolve_weights(str(weights or tiny_weights), model=model)
-    if model == "sdxl":
-        from pipeline.loading.sdxl import load_sdxl
-
-        return with_speedups(load_sdxl(source, CPU), CPU)
-    from pipeline.loading.flux import load_flux
-
-    return with_speedups(load_flux(source, CPU), CPU)
+    return with_speedups(family_for(MODELS[model]).load(source, CPU), CPU)
 
 
 def image(model, seed: int = 5, size: int = 64) -> np.ndarray:

@@ -8,22 +8,11 @@ casting hooks, computing in bf16); the rest are the pipeline's own memory switch
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from hardware.profiles import BITSANDBYTES_KINDS, Profile
 
 log = logging.getLogger(__name__)
-
-# Flux component -> the profile setting that quantizes it
-FLUX_QUANTIZED = {"transformer": "flux_quantization", "text_encoder_2": "t5_quantization"}
-
-
-def quantized_at_load(profile: Profile, pipeline_class: str) -> set[str]:
-    """The components bitsandbytes quantizes while loading (they load through the library itself)."""
-    if pipeline_class != "FluxPipeline":
-        return set()
-    return {name for name, setting in FLUX_QUANTIZED.items() if getattr(profile, setting) in BITSANDBYTES_KINDS}
-
 
 def _bnb_config(kind: str, library: str) -> Any:
     import torch
@@ -37,10 +26,11 @@ def _bnb_config(kind: str, library: str) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def flux_quantization_config(profile: Profile) -> Optional[Any]:
-    """The load-time quantization for Flux's transformer and T5 under ``profile``, or None."""
+def quantization_config(profile: Profile, quantized: Mapping[str, str]) -> Optional[Any]:
+    """The load-time quantization under ``profile`` of a family's ``quantized`` components (component ->
+    the profile setting that quantizes it; Flux: transformer and T5), or None."""
     mapping = {}
-    for component, setting in FLUX_QUANTIZED.items():
+    for component, setting in quantized.items():
         kind = getattr(profile, setting)
         if kind in BITSANDBYTES_KINDS:
             mapping[component] = _bnb_config(kind, "diffusers" if component == "transformer" else "transformers")

@@ -59,10 +59,4 @@ def load_sdxl(source: WeightsSource, backend: Backend, single_file_config: Optio
         ) from error
     place_pipeline(pipe, profile, backend.device, already_placed=device_map is not None)
     pipe.set_progress_bar_config(disable=True)  # per-step progress is logged by the generator
-    return LoadedModel(
-        family=source.model,
-        pipe=pipe,
-        base_scheduler_config=dict(pipe.scheduler.config),
-        source=source,
-        profile=profile,
-    )
+    return LoadedModel(pipe=pipe, base_scheduler_config=dict(pipe.scheduler.config), source=source, profile=profile)

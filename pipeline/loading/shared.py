@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.models import LoadedModel, WeightsSource
+from request.catalog import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,11 @@ def file_identity(folder: Path) -> Optional[frozenset[tuple[int, int]]]:
     return frozenset((stat.st_dev, stat.st_ino) for stat in (path.stat() for path in files)) or None
 
 
-def shared_components(source: WeightsSource, pipeline_class: str) -> dict[str, Any]:
-    """Resident modules that ``source`` would otherwise load a second copy of."""
+def shared_components(source: WeightsSource) -> dict[str, Any]:
+    """Resident modules of ``source``'s family that it would otherwise load a second copy of."""
     found: dict[str, Any] = {}
-    residents = [m for _, m in MODEL_CACHE.entries() if isinstance(m, LoadedModel) and m.spec.pipeline_class == pipeline_class]
+    family = MODELS[source.model].family
+    residents = [m for _, m in MODEL_CACHE.entries() if isinstance(m, LoadedModel) and m.spec.family == family]
     for name in SHAREABLE:
         identity = file_identity(source.path / name)
         for other in residents:

@@ -32,13 +32,12 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import settings
+from pipeline.families import FAMILIES, family_for
 from pipeline.lora.download import LoraFile
 from pipeline.models import LoadedModel
 
 log = logging.getLogger(__name__)
 
-# model family -> the prefixes diffusers gives each component's LoRA keys
-COMPONENTS = {"sdxl": ("unet", "text_encoder", "text_encoder_2"), "flux": ("transformer", "text_encoder")}
 _SUFFIX = re.compile(r"\.(lora_[AB]|lora\.(down|up)|lora_(down|up))\.weight$|\.lora_magnitude_vector$|\.lora_B\.bias$")
 # the attention-processor layout diffusers' kohya converter still produces for SDXL
 _PROCESSOR = re.compile(r"\.processor\.(to_[qkv]|to_out)_lora\.(down|up)\.weight$")
@@ -72,21 +71,17 @@ class Lora:
         return f"lora_{self.file.sha256[:16]}"
 
 
-def _family(model: LoadedModel) -> str:
-    return "flux" if model.spec.name.startswith("flux") else "sdxl"
-
-
 def check_keys(model: LoadedModel, lora: Lora) -> int:
     """How many of the file's LoRA layers target modules of ``model``; LoraRejected if none or some do not fit."""
-    options = {"unet_config": model.pipe.unet.config} if _family(model) == "sdxl" else {}  # maps kohya's SDXL names
-    other = "flux" if _family(model) == "sdxl" else "sdxl"
+    family = family_for(model.spec)
+    other = " or ".join(name for name in FAMILIES if FAMILIES[name] is not family)
     try:
-        converted = model.pipe.lora_state_dict(str(lora.file.path), **options)
+        converted = model.pipe.lora_state_dict(str(lora.file.path), **family.lora_options(model.pipe))
     except Exception as error:  # diffusers' converters raise many kinds on a foreign layout
         raise LoraRejected(lora, f"not a LoRA diffusers can read for {model.spec.name}; is it a LoRA for {other}? "
                                  f"({type(error).__name__}: {error})"[:400]) from None
     state = converted[0] if isinstance(converted, tuple) else converted
-    prefixes = COMPONENTS[_family(model)]
+    prefixes = family.lora_components
     targets = {target for target in map(_target, state) if target}
     if not targets:
         raise LoraRejected(lora, "the file holds no LoRA layers")

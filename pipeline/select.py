@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 import settings
 from hardware.backend import Backend
+from pipeline.families import family_for
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.loading.component_build import weight_files
 from pipeline.loading.weights import configured_weights, resolve_weights
@@ -48,11 +49,10 @@ def start_weight_stream(source: WeightsSource, backend: Backend, ready: Optional
     """Start streaming ``source``'s model files onto the device now (the start-up chain does this
     before the imports, which the stream then overlaps); None where the loader will not use one."""
     from pipeline.loading.component_build import start_stream
-    from pipeline.loading.placement import quantized_at_load
 
     if source.layout != "diffusers" or backend.settings.offload != "none":
         return None
-    skip = quantized_at_load(backend.settings, MODELS[source.model].pipeline_class)
+    skip = family_for(MODELS[source.model]).quantized_at_load(backend.settings)
     return start_stream(source.path, backend.device, skip, ready)
 
 
@@ -60,13 +60,12 @@ def feed_remote_stream(remote: Any, model: str, backend: Backend, ready: Optiona
     """A weight stream that takes ``remote``'s files from memory as they arrive (see
     ``pipeline.loading.remote``); None where the loader will not stream (``FAST_LOAD=0``, offload).
     On the CPU the stream is used too: the bytes are in memory already, so no file is read back."""
-    from pipeline.loading.placement import quantized_at_load
     from pipeline.loading.stream import WeightStream
 
     if settings.get("FAST_LOAD") is False or backend.settings.offload != "none" or backend.device not in ("cuda", "cpu"):
         return None
     stream = WeightStream([], backend.device, ready=ready).start()
-    remote.feed(stream, frozenset(quantized_at_load(backend.settings, MODELS[model].pipeline_class)))
+    remote.feed(stream, frozenset(family_for(MODELS[model]).quantized_at_load(backend.settings)))
     return stream
 
 
@@ -79,15 +78,7 @@ def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] =
     concurrent requests for a model that is not loaded yet do each once between them."""
 
     def build() -> LoadedModel:
-        if MODELS[source.model].pipeline_class == "FluxPipeline":
-            from pipeline.loading.flux import load_flux
-
-            model = load_flux(source, backend, stream=stream)
-        else:
-            from pipeline.loading.sdxl import load_sdxl
-
-            model = load_sdxl(source, backend, stream=stream)
-        return with_speedups(model, backend)
+        return with_speedups(family_for(MODELS[source.model]).load(source, backend, stream), backend)
 
     model = MODEL_CACHE.get_or_load(source.model_id, build, size_bytes=lambda: weight_bytes(source), free=free_bytes(backend))
     if stream is not None:
