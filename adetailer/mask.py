@@ -63,14 +63,6 @@ def blur(mask: Image.Image, radius: int) -> Image.Image:
     return mask if radius <= 0 else mask.filter(ImageFilter.GaussianBlur(radius))
 
 
-def merge(masks: Sequence[Image.Image], size: Optional[tuple[int, int]] = None) -> Image.Image:
-    """Union of masks (pixel-wise maximum)."""
-    if not masks:
-        return Image.new("L", size or (1, 1), 0)
-    merged = np.maximum.reduce([np.asarray(m) for m in masks])
-    return Image.fromarray(merged.astype(np.uint8), mode="L")
-
-
 def bounding_box(mask: Image.Image) -> Optional[Box]:
     """The mask's non-zero extent, or None for an empty mask."""
     return mask.getbbox()

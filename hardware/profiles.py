@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import settings
+from hardware.memory import free_gpu_bytes
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,10 @@ def choose_profile(
 def detect_profile(device: str, bitsandbytes_usable: bool) -> Profile:
     """Measure this machine (free GPU memory, fp8 support) and choose."""
     free_gb, fp8 = None, False
-    if device == "cuda":
+    free = free_gpu_bytes(device)
+    if free is not None:
         import torch
 
-        free_gb = torch.cuda.mem_get_info()[0] / 1e9
+        free_gb = free / 1e9
         fp8 = torch.cuda.get_device_capability() >= (8, 9)
     return choose_profile(device, free_gb, bitsandbytes_usable, fp8)

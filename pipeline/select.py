@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 import settings
 from hardware.backend import Backend
+from hardware.memory import free_gpu_bytes
 from pipeline.families import family_for
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.loading.component_build import weight_files
@@ -25,10 +26,8 @@ def free_bytes(backend: Backend) -> Callable[[], int]:
     budget = settings.get("MODEL_MEMORY_BUDGET_GB")
     if budget is not None:
         return lambda: int(budget * 1e9) - MODEL_CACHE.resident_bytes()
-    if backend.device == "cuda":
-        import torch
-
-        return lambda: int(torch.cuda.mem_get_info()[0] * 0.9)
+    if free_gpu_bytes(backend.device) is not None:
+        return lambda: int((free_gpu_bytes(backend.device) or 0) * 0.9)
     return lambda: 1 << 62
 
 

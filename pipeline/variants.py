@@ -13,8 +13,6 @@ from typing import Any
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.models import LoadedModel
 
-KINDS = ("text", "img2img", "inpaint")
-
 
 def pipeline_for(model: LoadedModel, kind: str) -> Any:
     """``model``'s pipeline for ``kind``: its own for text, else the variant, built on first use."""

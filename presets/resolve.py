@@ -16,7 +16,9 @@ from typing import Mapping, Optional
 log = logging.getLogger(__name__)
 
 PRESETS_FILE = Path(__file__).with_name("presets.json")
-PRESET_NAMES: tuple[str, ...] = ("ultra_fast", "fast", "balanced", "quality")
+# the preset names, in order, as the table's first model lists them (every model must list them all)
+PRESET_NAMES: tuple[str, ...] = tuple(next(presets for family, presets in json.loads(PRESETS_FILE.read_text()).items()
+                                           if not family.startswith("_")))
 
 
 @dataclass(frozen=True)

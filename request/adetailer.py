@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from request.catalog import SCHEDULER_NAMES
 from request.errors import InputError
@@ -30,6 +30,13 @@ AUTO_MODEL = "auto"  # the operator's YOLO weights when present, else mediapipe
 
 class ADetailerArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="after")
+    def _ratios_in_order(self) -> "ADetailerArgs":
+        if self.ad_mask_min_ratio > self.ad_mask_max_ratio:
+            raise InputError("ad_mask_min_ratio", self.ad_mask_min_ratio,
+                             f"must not exceed ad_mask_max_ratio ({self.ad_mask_max_ratio})")
+        return self
 
     adetailer: Flag = Field(False, description="Fix faces/hands after generation (ADetailer). Off unless true.")
     adetailer_face: Flag = Field(True, description="With adetailer: run the face pass.")
@@ -100,10 +107,6 @@ class ADetailerArgs(BaseModel):
 
 def parse_adetailer_args(raw: Mapping[str, Any]) -> ADetailerArgs:
     args = parse(ADetailerArgs, raw)
-    if args.ad_mask_min_ratio > args.ad_mask_max_ratio:
-        raise InputError(
-            "ad_mask_min_ratio", args.ad_mask_min_ratio, f"must not exceed ad_mask_max_ratio ({args.ad_mask_max_ratio})"
-        )
     if args.ad_mask_k_largest is not None:
         if args.ad_mask_k or args.ad_mask_filter_method != "Area":
             raise InputError("ad_mask_k_largest", args.ad_mask_k_largest,
@@ -111,10 +114,9 @@ def parse_adetailer_args(raw: Mapping[str, Any]) -> ADetailerArgs:
         log.warning("ad_mask_k_largest is deprecated (ADetailer renamed it): use ad_mask_k with ad_mask_filter_method Area")
         args = args.model_copy(update={"ad_mask_k": args.ad_mask_k_largest, "ad_mask_k_largest": None})
     if args.adetailer:
-        for switch, name, default in (("ad_use_steps", "ad_steps", 28), ("ad_use_cfg_scale", "ad_cfg_scale", 7.0),
-                                      ("ad_use_inpaint_width_height", "ad_inpaint_width", 512),
-                                      ("ad_use_inpaint_width_height", "ad_inpaint_height", 512),
-                                      ("ad_use_sampler", "ad_sampler", "DPM++ 2M Karras")):
-            if not getattr(args, switch) and getattr(args, name) != default:
+        for switch, name in (("ad_use_steps", "ad_steps"), ("ad_use_cfg_scale", "ad_cfg_scale"),
+                             ("ad_use_inpaint_width_height", "ad_inpaint_width"),
+                             ("ad_use_inpaint_width_height", "ad_inpaint_height"), ("ad_use_sampler", "ad_sampler")):
+            if not getattr(args, switch) and getattr(args, name) != ADetailerArgs.model_fields[name].default:
                 log.info("ADetailer: %s=%r is not used: %s is false (as in the extension)", name, getattr(args, name), switch)
     return args

@@ -132,6 +132,9 @@ def rule(field: Declared) -> str:
 
 def _input_error(model: type[BaseModel], error: ValidationError) -> InputError:
     first = error.errors()[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, InputError):  # a model's own rule (which inputs go together) said it in its words
+        return cause
     name, value = str(first["loc"][0]), first.get("input")
     if first["type"] == "extra_forbidden":
         return InputError(name, value, "unknown input; known: " + ", ".join(model.model_fields))

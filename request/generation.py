@@ -11,7 +11,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any, Literal, Mapping, Optional, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from presets import PRESET_NAMES
 from presets.video import MOTION_NAMES
@@ -116,6 +116,29 @@ class GenerationRequest(BaseModel):
         """The storyboard's scenes, one per non-empty line (empty: not a storyboard)."""
         return tuple(parse_scenes(self.scenes))
 
+    @model_validator(mode="after")
+    def _inputs_go_together(self) -> "GenerationRequest":
+        scenes = self.scene_list  # refuses more than MAX_SCENES
+        if not self.prompt.strip() and not scenes:
+            raise InputError("prompt", self.prompt, "must not be empty (or give scenes)")
+        if self.character.strip() and not scenes:
+            raise InputError("character", self.character, "only applies with scenes")
+        if self.ip_adapter_scale is not None and self.face_image is None:
+            raise InputError("ip_adapter_scale", self.ip_adapter_scale, "only applies with face_image")
+        if scenes and self.num_outputs != 1:
+            raise InputError("num_outputs", self.num_outputs, "must be 1 with scenes (one image per scene)")
+        if self.mask is not None and self.image is None:
+            raise InputError("mask", _shown(self.mask), "needs image: the picture whose white areas are repainted")
+        if self.image is None and self.prompt_strength != DEFAULT_PROMPT_STRENGTH:
+            raise InputError("prompt_strength", self.prompt_strength, "only applies with image")
+        if not self.mask_keep_outside and self.mask is None:
+            raise InputError("mask_keep_outside", False, "only applies with mask")
+        if self.image is not None and scenes:
+            raise InputError("image", _shown(self.image), "not with scenes: a storyboard is made from text "
+                                                          "(use face_image to keep a character)")
+        _check_loras(self)
+        _check_video(self)
+        return self
 
 def _size(aspect_ratio: str, width: Optional[int], height: Optional[int], megapixels: str,
           has_image: bool) -> tuple[Optional[int], Optional[int]]:
@@ -186,28 +209,9 @@ def parse_request(raw: Mapping[str, Any]) -> GenerationRequest:
     """Validate a raw input mapping (as Cog passes it) into a ``GenerationRequest`` with its size
     resolved (left empty when it follows ``image``, until the image is read), or raise ``InputError``.
     Unknown keys are refused rather than ignored: a misspelt option silently doing nothing is the
-    kind of bug this service exists to avoid."""
+    kind of bug this service exists to avoid. Which inputs go together is the model's own rule
+    (``GenerationRequest._inputs_go_together``), so a request built directly is checked too."""
     request = parse(GenerationRequest, raw)
-    scenes = request.scene_list  # refuses more than MAX_SCENES
-    if not request.prompt.strip() and not scenes:
-        raise InputError("prompt", request.prompt, "must not be empty (or give scenes)")
-    if request.character.strip() and not scenes:
-        raise InputError("character", request.character, "only applies with scenes")
-    if request.ip_adapter_scale is not None and request.face_image is None:
-        raise InputError("ip_adapter_scale", request.ip_adapter_scale, "only applies with face_image")
-    if scenes and request.num_outputs != 1:
-        raise InputError("num_outputs", request.num_outputs, "must be 1 with scenes (one image per scene)")
-    if request.mask is not None and request.image is None:
-        raise InputError("mask", _shown(request.mask), "needs image: the picture whose white areas are repainted")
-    if request.image is None and request.prompt_strength != DEFAULT_PROMPT_STRENGTH:
-        raise InputError("prompt_strength", request.prompt_strength, "only applies with image")
-    if not request.mask_keep_outside and request.mask is None:
-        raise InputError("mask_keep_outside", False, "only applies with mask")
-    if request.image is not None and scenes:
-        raise InputError("image", _shown(request.image), "not with scenes: a storyboard is made from text "
-                                                      "(use face_image to keep a character)")
-    _check_loras(request)
-    _check_video(request)
     width, height = _size(request.aspect_ratio, request.width, request.height, request.megapixels,
                           request.image is not None)
     return request.model_copy(update={"width": width, "height": height})

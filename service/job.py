@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from hardware.backend import Backend
+from hardware.memory import free_gpu_bytes
 from pipeline import video
 from pipeline.generate import Batch, generate, pick_seed
 from pipeline.ip_adapter import Identity, identity_for
@@ -89,47 +90,56 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     settings = resolve(spec.name, request.preset, request.num_inference_steps, request.guidance_scale,
                        request.ip_adapter_scale)
 
-    # The LoRAs, fetched or from the cache: a bad one is refused before any model loads or is evicted.
+    # 3. The LoRAs, fetched or from the cache: a bad one is refused before any model loads or is evicted.
     loras = fetch_loras(lora_inputs(request))
 
-    # 3. Select the model, loading it on first use.
+    # 4. Select the model, loading it on first use.
     model = select_model(spec.name, default, backend)
 
-    # 4. Identity: the IP-Adapter, loaded on first use, when a face is given.
+    # 5. Identity: the IP-Adapter, loaded on first use, when a face is given.
     identity = identity_for(model, reference, settings.ip_adapter_scale, guidance=settings.guidance_scale > 1)
 
+    # 6. The seed: the request's, or a fresh one (logged, so any image can be made again).
     seed = pick_seed(request.seed)
     log.info("Using seed: %d", seed)
+
+    timings: dict[str, float] = {}
     with model.lock, _loras_on(model, loras) as lora_timings:  # nothing else may change the pipeline meanwhile
-        # 5. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
+        # 7. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
         started = time.perf_counter()
         with identity.active(settings.ip_adapter_scale):
             images, prompts, steps = _generate(model, backend.device, request, settings, seed, identity, start)
-        result = JobResult(images, prompts, seed, time.perf_counter() - started, steps)
+        generation_seconds = time.perf_counter() - started
 
-        # 6. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
+        # 8. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
         if not ad_args.need_skip():
-            result.images = _fix_details(model, result, ad_args, request, settings)
-    result.timings.update(lora_timings)
+            images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, seed, ad_args, request, settings)
+    timings.update(lora_timings)
     if loras:
-        result.timings["lora_fetch_seconds"] = sum(lora.file.seconds for lora in loras)
+        timings["lora_fetch_seconds"] = sum(lora.file.seconds for lora in loras)
 
-    # 7. The safety checker, unless the request turns it off; then the outputs: a storyboard's contact
-    # sheet (from the scenes that passed), then the files.
-    if not request.disable_safety_checker:
-        _check_safety(result, model)
-    if request.animate:  # 8. The images in motion: MP4 clips instead of pictures.
-        result.paths = _animate(result, request, settings.preset, backend, out_dir)
+    # 9. The safety checker, unless the request turns it off.
+    checked = _check_safety(images, prompts, model) if not request.disable_safety_checker else Checked(images, prompts)
+    timings.update(checked.timings)
+    result = JobResult(checked.images, checked.prompts, seed, generation_seconds, steps, timings=timings,
+                       numbers=checked.numbers, counts=checked.counts)
+
+    # 10. The outputs: MP4 clips when animated; else the images (a storyboard's with its contact sheet).
+    if request.animate:
+        result.paths, clip_timings = _animate(result, request, settings.preset, backend, out_dir)
+        result.timings.update(clip_timings)
         return result
     if request.scene_list:
         result.sheet = contact_sheet(result.images)
-    images, names = result.outputs()
-    result.paths = save_images(images, out_dir, request.output_format, request.output_quality, names)
+    images_out, names = result.outputs()
+    result.paths = save_images(images_out, out_dir, request.output_format, request.output_quality, names)
     return result
 
 
-def _animate(result: JobResult, request: GenerationRequest, preset: str, backend: Backend, out_dir: Path) -> list[Path]:
-    """One clip per image (per scene of a storyboard, joined in order into ``storyboard.mp4``)."""
+def _animate(result: JobResult, request: GenerationRequest, preset: str, backend: Backend,
+             out_dir: Path) -> tuple[list[Path], dict[str, float]]:
+    """One clip per image (per scene of a storyboard, joined in order into ``storyboard.mp4``), and
+    the video's timings."""
     model = video.video_model(backend)
     frames = request.video_frames or model.num_frames
     if frames > model.num_frames:
@@ -151,9 +161,8 @@ def _animate(result: JobResult, request: GenerationRequest, preset: str, backend
                  time.perf_counter() - clip_started)
     if request.scene_list:
         paths.append(video.encode_mp4([frame for clip in clips for frame in clip], motion.fps, out_dir / "storyboard.mp4"))
-    result.timings["video_seconds"] = time.perf_counter() - started
-    result.timings["seconds_per_clip"] = result.timings["video_seconds"] / len(clips)
-    return paths
+    seconds = time.perf_counter() - started
+    return paths, {"video_seconds": seconds, "seconds_per_clip": seconds / len(clips)}
 
 
 def _generate(model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, seed: int,
@@ -169,7 +178,7 @@ def _generate(model: LoadedModel, device: str, request: GenerationRequest, setti
         result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size), start)
         return result.images, [request.prompt] * request.num_outputs, result.steps
     prompts = scene_prompts(request.scene_list, request.character, request.prompt)
-    size = storyboard_batch_size(device, _free_gpu_bytes(device), request.width, request.height, len(prompts))
+    size = storyboard_batch_size(device, free_gpu_bytes(device), request.width, request.height, len(prompts))
     log.info("storyboard: %d scenes in batches of %d", len(prompts), size)
     started = time.perf_counter()
     images: list[Any] = []
@@ -188,28 +197,37 @@ class AllImagesWithheld(RuntimeError):
     """The safety checker flagged every image of the prediction."""
 
 
-def _check_safety(result: JobResult, model: LoadedModel) -> None:
+@dataclass(frozen=True)
+class Checked:
+    """The images the safety checker let through, each with its prompt and its number in the request."""
+
+    images: list[Any]
+    prompts: list[str]
+    numbers: Optional[list[int]] = None  # set once some were withheld
+    counts: dict[str, int] = field(default_factory=dict)  # nsfw_dropped
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _check_safety(images: list[Any], prompts: list[str], model: LoadedModel) -> Checked:
     """Withhold the images the checker flags (logged by number and why); fail when none is left."""
     started = time.perf_counter()
     checker = checker_for(model.pipe.device.type, model.pipe.dtype)
     if checker is None:
-        log.info("safety checker: none configured; %d image(s) returned unchecked", len(result.images))
-        return
-    verdicts = checker.verdicts(result.images)
-    result.timings["safety_check_seconds"] = time.perf_counter() - started
-    result.counts["nsfw_dropped"] = sum(reason is not None for reason in verdicts)
+        log.info("safety checker: none configured; %d image(s) returned unchecked", len(images))
+        return Checked(images, prompts)
+    verdicts = checker.verdicts(images)
+    seconds = time.perf_counter() - started
+    dropped = sum(reason is not None for reason in verdicts)
     for number, reason in enumerate(verdicts, start=1):
         if reason:
             log.warning("safety checker: image %d withheld: %s", number, reason)
-    if result.counts["nsfw_dropped"] == len(result.images):
-        raise AllImagesWithheld(f"All {len(result.images)} image(s) were flagged as NSFW by the safety checker and withheld. "
+    if dropped == len(images):
+        raise AllImagesWithheld(f"All {len(images)} image(s) were flagged as NSFW by the safety checker and withheld. "
                                 "Try again with another seed or prompt.")
-    if result.counts["nsfw_dropped"]:
-        result.numbers = [number for number, reason in enumerate(verdicts, start=1) if reason is None]
-        result.images = [image for image, reason in zip(result.images, verdicts, strict=True) if reason is None]
-        result.prompts = [prompt for prompt, reason in zip(result.prompts, verdicts, strict=True) if reason is None]
-    log.info("safety checker: %d of %d image(s) passed in %.3f s", len(result.images), len(verdicts),
-             result.timings["safety_check_seconds"])
+    kept = [number for number, reason in enumerate(verdicts, start=1) if reason is None]
+    log.info("safety checker: %d of %d image(s) passed in %.3f s", len(kept), len(verdicts), seconds)
+    return Checked([images[n - 1] for n in kept], [prompts[n - 1] for n in kept], kept if dropped else None,
+                   {"nsfw_dropped": dropped}, {"safety_check_seconds": seconds})
 
 
 @contextlib.contextmanager
@@ -222,20 +240,11 @@ def _loras_on(model: LoadedModel, loras: list) -> Iterator[dict[str, float]]:
         raise InputError(error.lora.field, error.lora.file.url, str(error)) from None
 
 
-def _fix_details(model: LoadedModel, result: JobResult, ad_args: ADetailerArgs, request: GenerationRequest,
-                 settings: EffectiveSettings) -> list[Any]:
+def _fix_details(model: LoadedModel, images: list[Any], prompts: list[str], seed: int, ad_args: ADetailerArgs,
+                 request: GenerationRequest, settings: EffectiveSettings) -> tuple[list[Any], float]:
+    """The images with faces and hands fixed, and the seconds it took."""
     from adetailer.runner import run_adetailer  # imported only when a request asks for it
 
     started = time.perf_counter()
-    images = run_adetailer(model, result.images, ad_args, result.prompts, request.negative_prompt, settings, result.seed,
-                           request.scheduler)
-    result.timings["adetailer_seconds"] = time.perf_counter() - started
-    return images
-
-
-def _free_gpu_bytes(device: str) -> Optional[int]:
-    if device != "cuda":
-        return None
-    import torch
-
-    return torch.cuda.mem_get_info()[0]
+    fixed = run_adetailer(model, images, ad_args, prompts, request.negative_prompt, settings, seed, request.scheduler)
+    return fixed, time.perf_counter() - started

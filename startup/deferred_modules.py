@@ -87,7 +87,6 @@ class Deferral:
     """One module deferred: the names that libraries take from it (and its submodules) at import."""
 
     package: str
-    why: str
     # module -> {name: kind}: "function"s forward, "class"es are lazy, "decorator"s are recorded and
     # replayed, "constant"s are read from the source without running it, "plain" helpers answer
     # plain sizes (startup.shape_guards) and forward the rest
@@ -99,7 +98,8 @@ class Deferral:
 
 
 DEFERRALS: tuple[Deferral, ...] = (
-    Deferral(DYNAMO, "torch's compiler front end: only torch.compile (the CUDA speed-ups) needs it", {
+    # torch's compiler front end: only torch.compile (the CUDA speed-ups) needs it
+    Deferral(DYNAMO, {
         DYNAMO: {
             "allow_in_graph": "decorator",  # diffusers.utils.torch_utils.maybe_allow_in_graph
             "assume_constant_result": "decorator",  # transformers.integrations.deepgemm
@@ -107,19 +107,23 @@ DEFERRALS: tuple[Deferral, ...] = (
         f"{DYNAMO}._trace_wrapped_higher_order_op": {"TransformGetItemToIndex": "function"},  # transformers.masking_utils
         f"{DYNAMO}.utils": {"is_compile_supported": "function"},  # torchvision.ops.roi_align
     }, tested=("torch", "2.11", "2.14")),
-    Deferral(FLEX, "flex attention: no model here runs it (SDPA and the catalog's attention backends do)", {
+    # flex attention: no model here runs it (SDPA and the catalog's attention backends do)
+    Deferral(FLEX, {
         FLEX: {  # transformers.integrations.flex_attention and masking_utils; diffusers.models.attention_dispatch
             "BlockMask": "class", "AuxRequest": "class", "create_block_mask": "function",
             "flex_attention": "function", "_DEFAULT_SPARSE_BLOCK_SIZE": "constant",
         },
     }, tested=("torch", "2.11", "2.14")),
-    Deferral("sympy", "symbolic algebra: only torch's compiler and symbolic shapes use it", {
+    # symbolic algebra: only torch's compiler and symbolic shapes use it
+    Deferral("sympy", {
         "sympy": {"Basic": "class"},  # torch._prims_common.elementwise_dtypes, torch.sym_not
     }),
-    Deferral(SHAPES, "torch's symbolic shapes: a model built on the meta device asks it about plain sizes", {
+    # torch's symbolic shapes: a model built on the meta device asks it about plain sizes
+    Deferral(SHAPES, {
         SHAPES: {name: "plain" for name in shape_guards.PLAIN_ANSWERS},  # torch._refs, torch._prims_common
     }, requires=("sympy",), tested=("torch", "2.11", "2.14")),
-    Deferral("peft", "PEFT: only a LoRA request uses it", {
+    # PEFT: only a LoRA request uses it
+    Deferral("peft", {
         "peft": {"PeftModel": "class"},  # diffusers.pipelines.pipeline_loading_utils._unwrap_model
         "peft.tuners.tuners_utils": {"BaseTunerLayer": "class"},  # diffusers.loaders.lora_base, utils.peft_utils
         "peft.helpers": {"disable_input_dtype_casting": "function"},  # diffusers.hooks.layerwise_casting

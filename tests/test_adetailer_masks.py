@@ -14,7 +14,7 @@ from adetailer.mask import (
     dilate_erode,
     filter_by_ratio,
     filter_k_largest,
-    merge,
+    merge_invert,
     sort_by_area,
 )
 from request.adetailer import ADetailerArgs, parse_adetailer_args
@@ -105,7 +105,7 @@ def test_blur_feathers_merge_unions_box_mask_fills() -> None:
     mask = box_mask((40, 40, 60, 60), (100, 100))
     feathered = np.asarray(blur(mask, 4))
     assert feathered[50, 50] > 240 and 0 < feathered[50, 39] < 200 and feathered[50, 20] == 0
-    merged = merge([mask, box_mask((0, 0, 10, 10), (100, 100))])
+    (merged,) = merge_invert([mask, box_mask((0, 0, 10, 10), (100, 100))], "Merge")
     assert bounding_box(merged) == (0, 0, 60, 60) and area_ratio(merged) == pytest.approx(0.05)
     assert bounding_box(Image.new("L", (5, 5))) is None
 

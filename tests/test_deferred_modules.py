@@ -38,7 +38,7 @@ PACKAGE = {
     "heavy/parts.py": "import dietprobe\ndietprobe.RUNS.append('parts')\ndef triple(x):\n    return 3 * x\n",
     "heavy/extra.py": "import dietprobe\ndietprobe.RUNS.append('extra')\nfrom dietprobe.heavy import double\nVALUE = double(5)\n",
 }
-PROBE = Deferral("dietprobe.heavy", "a test package", {
+PROBE = Deferral("dietprobe.heavy", {
     "dietprobe.heavy": {"SIZE": "constant", "register": "decorator", "double": "function", "Thing": "class"},
     "dietprobe.heavy.parts": {"triple": "function"},
 })
@@ -108,7 +108,7 @@ def test_an_imported_package_is_left_alone(probe) -> None:
 
 
 def test_kept_submodules_answer_after_the_stage_and_leave_when_the_package_loads(probe) -> None:
-    kept = Deferral("dietprobe.heavy", "a test package", {"dietprobe.heavy.parts": {"triple": "function"}},
+    kept = Deferral("dietprobe.heavy", {"dietprobe.heavy.parts": {"triple": "function"}},
                     keep_submodules=True)
     with deferred((kept,)):
         pass
@@ -123,7 +123,7 @@ def test_kept_submodules_answer_after_the_stage_and_leave_when_the_package_loads
 def test_a_required_package_loads_first_and_stand_ins_take_on_the_real_names(probe, tmp_path: Path) -> None:
     (tmp_path / "dietprobe" / "light.py").write_text(
         "import dietprobe\ndietprobe.RUNS.append('light')\nimport dietprobe.heavy as heavy_seen\nHALF = 0.5\n")
-    light = Deferral("dietprobe.light", "a module needing heavy", {"dietprobe.light": {}}, requires=("dietprobe.heavy",))
+    light = Deferral("dietprobe.light", {"dietprobe.light": {}}, requires=("dietprobe.heavy",))
     with deferred((PROBE, light)):
         heavy_standin = sys.modules["dietprobe.heavy"]
         import dietprobe.light as light_standin

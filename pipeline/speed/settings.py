@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "speed.json"
 ENV_PREFIX = "SPEED_"
-OFF = {"fuse_qkv": False, "channels_last": False, "cuda_graphs": False, "vae_decode": "exact", "attention": "auto",
-       "step_cache": "off", "compile": "off", "fp8_matmul": False}
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,9 @@ class SpeedSettings:
 
     def describe(self) -> str:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
+
+
+OFF: Mapping[str, Any] = {f.name: f.default for f in fields(SpeedSettings)}  # every switch off: the defaults above
 
 
 def _parse(name: str, raw: str, spec: Mapping[str, Any]) -> Any:
