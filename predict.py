@@ -2,7 +2,7 @@
 
 Every input is declared once, as a field of the request models (``request.generation``,
 ``request.adetailer``). The parameters of ``predict()`` are rendered from those declarations by
-``python scripts/cog_schema.py --write-predict`` as literal ``Input(...)`` calls, because ``cog build``
+``python service/cog_schema.py --write-predict`` as literal ``Input(...)`` calls, because ``cog build``
 reads this file statically and cannot resolve anything else; a test fails when they differ. A
 request then runs as the numbered steps of ``service.job.run_request``.
 """
@@ -40,7 +40,7 @@ class Predictor(BasePredictor):
 
     def predict(
         self,
-        # BEGIN inputs (scripts/cog_schema.py --write-predict)
+        # BEGIN inputs (service/cog_schema.py --write-predict)
         prompt: str = Input(default='', description='What to generate. With scenes: a style added to every scene (may be empty).', max_length=10000),
         model: Optional[str] = Input(default=None, description="Which model: sdxl, flux-dev or flux-schnell (those the operator has weights for). Empty: the operator's default.", choices=['sdxl', 'flux-dev', 'flux-schnell']),
         negative_prompt: str = Input(default='', description='What to steer away from.', max_length=10000),

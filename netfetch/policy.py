@@ -1,6 +1,6 @@
 """How one fetch may behave: who gave the URL, how long and how large it may be, how parallel.
 
-Defaults for weights come from ``scripts/bench_fetch.py`` (docs/fetching.md): 16 connections and
+Defaults for weights come from ``bench/bench_fetch.py`` (docs/fetching.md): 16 connections and
 16 MB chunks. A caller's URL (a LoRA, an image) is fenced; the operator's weight URL is trusted.
 """
 

@@ -5,6 +5,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 TINY="$ROOT/weights/sdxl-tiny"
-[ -f "$TINY/model_index.json" ] || "$PYTHON" scripts/make_weights.py --size tiny --out "$TINY" >&2
+[ -f "$TINY/model_index.json" ] || "$PYTHON" tests/fixtures/make_weights.py --size tiny --out "$TINY" >&2
 SDXL_WEIGHTS="${SDXL_WEIGHTS:-$TINY}" exec "$PYTHON" scripts/predict_local.py \
   -i prompt="a lighthouse on a cliff at dusk, oil painting" "$@"

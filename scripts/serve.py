@@ -1,7 +1,7 @@
 """Start Cog's real HTTP server (coglet) on loopback with this predictor, without Docker.
 
 Equivalent to what the container built by ``cog build`` runs, schema included: it first writes
-``.cog/openapi_schema.json`` from ``predict.py`` (``scripts/cog_schema.py``), which the server then
+``.cog/openapi_schema.json`` from ``predict.py`` (``service/cog_schema.py``), which the server then
 enforces before ``predict()`` runs, as in a built image. Extra arguments go to the server, e.g.
 ``--await-explicit-shutdown true``.
 
@@ -46,7 +46,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     os.chdir(ROOT)
     sys.path.insert(0, str(ROOT))
-    from scripts.cog_schema import write_schema
+    from service.cog_schema import write_schema
 
     write_schema(ROOT)
     command = server_command(args.host, extra)

@@ -9,7 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 "$VENV/bin/ruff" check .
 "$VENV/bin/lint-imports"
-"$PYTHON" scripts/bench_coldstart.py --ci 2> >(grep -v -e "Writing model shards" -e "should be kept in float32" >&2)
+"$PYTHON" bench/bench_coldstart.py --ci 2> >(grep -v -e "Writing model shards" -e "should be kept in float32" >&2)
 if [ $# -eq 0 ]; then
   # The speed switches are off on the CPU by default; run the paths they touch (server, Flux,
   # IP-Adapter, ADetailer, storyboards) once more with every switch the CPU can run turned on, and

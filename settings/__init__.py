@@ -64,7 +64,7 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("IMPORT_CACHE_DIR", Path, Path("~/.cache/fast-image-service/imports"),
             "transformers' map of its models, kept for the next start (cog build writes it into the image)."),
     Setting("COMPILE_CACHE_DIR", Path, Path("weights/compile-cache"),
-            "Compiled-artifact files for SPEED_COMPILE=regional (scripts/build_compile_cache.py writes them)."),
+            "Compiled-artifact files for SPEED_COMPILE=regional (bench/build_compile_cache.py writes them)."),
     Setting("IP_ADAPTER_WEIGHTS", Path, Path("weights/ip-adapter"), "SDXL IP-Adapter folder, in h94/IP-Adapter's layout."),
     Setting("FLUX_IP_ADAPTER_WEIGHTS", Path, Path("weights/flux-ip-adapter"), "Flux IP-Adapter folder, in XLabs' layout."),
     Setting("IP_ADAPTER_VARIANT", str, None, "plus-face or plain (SDXL), xlabs (Flux). Unset: the first one present."),

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scripts.make_weights import build_sdxl
+    from tests.fixtures.make_weights import build_sdxl
 
     return build_sdxl("tiny", tmp_path_factory.mktemp("weights") / "sdxl-tiny")
 
@@ -32,7 +32,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ip_adapter_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random IP-Adapter files (both variants, both encoders) in h94's folder layout."""
-    from scripts.make_ip_adapter import build_ip_adapter
+    from tests.fixtures.make_ip_adapter import build_ip_adapter
 
     return build_ip_adapter(tmp_path_factory.mktemp("weights") / "ip-adapter", "tiny")
 
@@ -40,7 +40,7 @@ def ip_adapter_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def svd_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random Stable Video Diffusion in a diffusers folder (frames of 64x32)."""
-    from scripts.make_svd import build
+    from tests.fixtures.make_svd import build
 
     folder = tmp_path_factory.mktemp("weights") / "svd-tiny"
     build("tiny").save_pretrained(folder)
@@ -50,7 +50,7 @@ def svd_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def flux_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random Flux, dev-like and schnell-like, in diffusers folders."""
-    from scripts.make_flux import build_flux
+    from tests.fixtures.make_flux import build_flux
 
     root = tmp_path_factory.mktemp("weights")
     return {

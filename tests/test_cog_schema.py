@@ -1,5 +1,5 @@
 """predict.py stays something `cog build` can read, and the schema the server enforces is the one
-the request models declare (scripts/cog_schema.py)."""
+the request models declare (service/cog_schema.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from request.inputs import INPUTS
-from scripts.cog_schema import BEGIN, END, openapi_schema, read_parameters, render_parameters
+from service.cog_schema import BEGIN, END, openapi_schema, read_parameters, render_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_predict_py_parameters_are_rendered_from_the_request_models() -> None:
     text = (ROOT / "predict.py").read_text()
     block = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
-    assert block == render_parameters(INPUTS), "run: python scripts/cog_schema.py --write-predict"
+    assert block == render_parameters(INPUTS), "run: python service/cog_schema.py --write-predict"
 
 
 def test_every_default_is_a_literal_input_call_cog_build_can_read() -> None:

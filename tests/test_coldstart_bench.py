@@ -1,6 +1,6 @@
 """The cold-start benchmark's own logic: the chain check CI relies on and the table it prints."""
 
-from scripts.bench_coldstart import check_chain, markdown
+from bench.bench_coldstart import check_chain, markdown
 from startup.chain import STAGES
 
 

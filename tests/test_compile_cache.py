@@ -37,7 +37,7 @@ def test_compile_is_armed_at_load_and_nothing_compiles_there(tiny_weights: Path,
 def test_artifacts_built_once_are_restored_by_a_fresh_process(tiny_weights: Path, tmp_path: Path) -> None:
     env = dict(os.environ, COMPILE_CACHE_DIR=str(tmp_path / "cache"))
     result = subprocess.run(
-        [sys.executable, "scripts/build_compile_cache.py", "--model", "sdxl", "--weights", str(tiny_weights),
+        [sys.executable, "bench/build_compile_cache.py", "--model", "sdxl", "--weights", str(tiny_weights),
          "--cases", "64x64x2", "--out", str(tmp_path / "out")],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
     )

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_service_matches_plain_diffusers_pixel_for_pixel(tiny_weights: Path, flux_weights: dict, tmp_path: Path) -> None:
     for model, weights, case in (("sdxl", tiny_weights, "128x128x3"), ("flux-dev", flux_weights["flux-dev"], "64x64x3")):
         result = subprocess.run(
-            [sys.executable, "scripts/bench_generation.py", "--model", model, "--weights", str(weights),
+            [sys.executable, "bench/bench_generation.py", "--model", model, "--weights", str(weights),
              "--cases", case, "--runs", "1", "--out", str(tmp_path)],
             cwd=ROOT, capture_output=True, text=True, timeout=300,
         )
@@ -27,7 +27,7 @@ def test_each_speed_switch_measured_alone_keeps_the_image(tiny_weights: Path, tm
     channels-last, graph replay, kernel order) keep the pixels up to summation order, and so does
     compilation here; the bf16 decode deviates a little, and the table says by how much."""
     result = subprocess.run(
-        [sys.executable, "scripts/bench_generation.py", "--model", "sdxl", "--weights", str(tiny_weights),
+        [sys.executable, "bench/bench_generation.py", "--model", "sdxl", "--weights", str(tiny_weights),
          "--cases", "64x64x2", "--runs", "1", "--ablate", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -46,7 +46,7 @@ def test_each_speed_switch_measured_alone_keeps_the_image(tiny_weights: Path, tm
 def test_a_failing_variant_is_its_own_row_and_the_run_goes_on(tiny_weights: Path, tmp_path: Path) -> None:
     """On a device a switch may fail; its row says why, the other rows stay, and the exit says so."""
     result = subprocess.run(
-        [sys.executable, "scripts/bench_generation.py", "--model", "sdxl", "--weights", str(tiny_weights),
+        [sys.executable, "bench/bench_generation.py", "--model", "sdxl", "--weights", str(tiny_weights),
          "--cases", "64x64x1", "--runs", "1", "--variant", "SPEED_ATTENTION=bogus", "--variant", "SPEED_FUSE_QKV=1",
          "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

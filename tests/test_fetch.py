@@ -1,5 +1,5 @@
 """The one fetcher (netfetch): parallel ranges, resume, deadlines, caps, the fence, and never
-trusting half a file. Every test runs against the loopback object store (scripts/object_store.py)."""
+trusting half a file. Every test runs against the loopback object store (tests/fixtures/object_store.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from netfetch.errors import BadURL, FetchError
 from netfetch.fence import is_reachable_for_callers
 from netfetch.ranged import download
 from netfetch.unpack import MemorySink
-from scripts.object_store import Faults, serve
+from tests.fixtures.object_store import Faults, serve
 
 
 def safetensors_bytes(count: int = 3000) -> bytes:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.object_store import Faults
-from scripts.object_store import serve as serve_store
 from tests.conftest import serve
+from tests.fixtures.object_store import Faults
+from tests.fixtures.object_store import serve as serve_store
 from tests.test_http_server import decode
 from tests.test_image_inputs_http import png_url
 

@@ -140,7 +140,7 @@ def test_adetailer_flag_over_flux_request(multi) -> None:
 def test_flux_identity_with_the_xlabs_adapter(multi, tmp_path, monkeypatch, caplog) -> None:
     from skimage import data
 
-    from scripts.make_flux_ip_adapter import build_flux_ip_adapter
+    from tests.fixtures.make_flux_ip_adapter import build_flux_ip_adapter
 
     monkeypatch.setenv("FLUX_IP_ADAPTER_WEIGHTS", str(build_flux_ip_adapter(tmp_path / "flux-ip", "tiny")))
     face = tmp_path / "face.png"

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from scripts.make_flux_ip_adapter import (
+from tests.fixtures.make_flux_ip_adapter import (
     ENCODER_DIR,
     WEIGHT_NAME,
     adapter_shapes,
@@ -24,7 +24,7 @@ from scripts.make_flux_ip_adapter import (
     diffusers_num_tokens,
     double_stream_blocks,
 )
-from scripts.make_ip_adapter import ENCODER_CONFIGS, encoder_shapes, read_json
+from tests.fixtures.make_ip_adapter import ENCODER_CONFIGS, encoder_shapes, read_json
 
 PROJ = "encoder_hid_proj.image_projection_layers.0."
 BLOCK = re.compile(r"double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)")
@@ -33,7 +33,7 @@ PROMPT = "a red bicycle"
 
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scripts.make_flux import build_flux
+    from tests.fixtures.make_flux import build_flux
 
     return build_flux("tiny", tmp_path_factory.mktemp("flux") / "flux-tiny", "float32")
 

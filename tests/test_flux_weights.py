@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.make_flux import (
+from tests.fixtures.make_flux import (
     CONFIGS,
     SCHNELL_OVERRIDES,
     build_flux,
@@ -99,7 +99,7 @@ def test_schnell_beside_dev_shares_its_encoders_and_vae(tmp_path: Path) -> None:
 
 
 def test_random_values_are_drawn_on_the_generators_device_and_written_from_the_host() -> None:
-    from scripts.make_flux import _random_tensor
+    from tests.fixtures.make_flux import _random_tensor
 
     generator = torch.Generator("cpu").manual_seed(0)
     tensor = _random_tensor("blocks.0.weight", torch.Size([8, 16]), torch.bfloat16, generator)

@@ -1,4 +1,4 @@
-"""The one-shot device checks (scripts/gpu_check.sh) on the CPU: the script parses, refuses an unknown
+"""The one-shot device checks (bench/gpu_check.sh) on the CPU: the script parses, refuses an unknown
 part, and its report folds each step in as it finishes, judging the targets from the benchmarks'
 own JSON, also when a step failed part-way. The full rehearsal (GPU_CHECK_REHEARSAL=1) needs the
 Python 3.12 mirror of the device image, so it is run by hand before device time, not in CI."""
@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORT = [sys.executable, str(ROOT / "scripts" / "gpu_check_report.py")]
+REPORT = [sys.executable, str(ROOT / "bench" / "gpu_check_report.py")]
 
 
 def test_the_script_parses_and_refuses_an_unknown_part(tmp_path: Path) -> None:
-    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")], check=True)
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "video"], capture_output=True, text=True,
+    subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")], check=True)
+    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "video"], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
     assert result.returncode == 2 and "unknown part video: sdxl, flux, extras or features" in result.stderr
 

@@ -167,7 +167,7 @@ def test_a_first_start_up_freezes_what_its_imports_made(tiny_weights: Path, tmp_
 
 
 def test_nothing_is_hidden_once_diffusers_was_imported_before_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A script that imports diffusers before setup() (scripts/bench_safety.py did) must not find bitsandbytes
+    """A script that imports diffusers before setup() (bench/bench_safety.py did) must not find bitsandbytes
     hidden later: diffusers saw it installed and imports it when asked."""
     monkeypatch.setenv("LAZY_IMPORTS", "1")
     profile = choose_profile("cpu", None, False, False, env={})

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from scripts.make_ip_adapter import (
+from tests.fixtures.make_ip_adapter import (
     ENCODER_CONFIGS,
     PLAIN_ENCODER_DIR,
     PLAIN_WEIGHT_NAME,

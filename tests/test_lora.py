@@ -1,6 +1,6 @@
 """LoRA by URL (pipeline/lora): both file layouts for SDXL and Flux, stacking, the caches, the base model
 restored exactly after every request, the safety rules, and the combinations, on tiny random LoRAs
-that scripts/make_lora.py writes in each real key layout, served by a loopback HTTP server with Range."""
+that tests/fixtures/make_lora.py writes in each real key layout, served by a loopback HTTP server with Range."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def lora_server(tiny_weights: Path, flux_weights: dict, tmp_path_factory: pytest
     import torch
     from safetensors.torch import save_file
 
-    from scripts.make_lora import make_lora
+    from tests.fixtures.make_lora import make_lora
 
     folder = tmp_path_factory.mktemp("loras")
     for layout in ("peft", "kohya"):
@@ -145,7 +145,7 @@ def test_memory_slots_bound_the_loaded_adapters(predictor, lora_server, lora_env
 
 def test_a_broken_download_resumes_from_the_byte_it_reached(lora_env, tmp_path) -> None:
     from pipeline.lora.download import fetch
-    from scripts.object_store import Faults, serve
+    from tests.fixtures.object_store import Faults, serve
 
     whole = bytes(range(256)) * 40
     (tmp_path / "store").mkdir()

@@ -1,5 +1,5 @@
 """The safety checker (pipeline/safety_checker.py) over the real Cog HTTP server, with tiny random
-checkers in the real architectures (scripts/make_safety_checker.py). Their verdicts are set through
+checkers in the real architectures (tests/fixtures/make_safety_checker.py). Their verdicts are set through
 their own parameters from the very pictures the tests make: the tiny SDXL's images for seeds 99,
 100, 200 and 300. The checker flags 100 and 300; the second opinion calls 100 nsfw and 300 normal."""
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.make_safety_checker import compvis, falconsai
 from tests.conftest import CogServer, predict_inputs, serve
+from tests.fixtures.make_safety_checker import compvis, falconsai
 from tests.test_http_server import decode
 
 SEEDS = (99, 100, 200, 300)

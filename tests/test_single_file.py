@@ -15,7 +15,7 @@ import torch
 from hardware.backend import Backend
 from pipeline.loading.sdxl import load_sdxl
 from pipeline.loading.weights import resolve_weights
-from scripts.ldm_checkpoint import CLIP_L_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, diffusers_to_ldm_sdxl
+from tests.fixtures.ldm_checkpoint import CLIP_L_PREFIX, OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, diffusers_to_ldm_sdxl
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 CPU = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")

@@ -1,5 +1,5 @@
 """From image to video (pipeline/video.py): Stable Video Diffusion on tiny random weights
-(scripts/make_svd.py), clips encoded as H.264 MP4 by PyAV, read back with PyAV."""
+(tests/fixtures/make_svd.py), clips encoded as H.264 MP4 by PyAV, read back with PyAV."""
 
 from __future__ import annotations
 

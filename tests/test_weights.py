@@ -64,7 +64,7 @@ def weights_tar(tiny_weights: Path, tmp_path: Path) -> Path:
 
 
 def test_url_download_resumes_verifies_unpacks_and_caches(weights_tar: Path, tmp_path: Path, monkeypatch) -> None:
-    from scripts.object_store import Faults, serve
+    from tests.fixtures.object_store import Faults, serve
 
     monkeypatch.setenv("WEIGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("WEIGHTS_FETCH_CHUNK_MB", "0.25")
@@ -84,7 +84,7 @@ def test_url_download_resumes_verifies_unpacks_and_caches(weights_tar: Path, tmp
 
 
 def test_url_with_wrong_checksum_is_refused(weights_tar: Path, tmp_path: Path, monkeypatch) -> None:
-    from scripts.object_store import Faults, serve
+    from tests.fixtures.object_store import Faults, serve
 
     monkeypatch.setenv("WEIGHTS_CACHE", str(tmp_path / "cache"))
     store = serve(weights_tar.parent, Faults(rate=0, ttfb=0))

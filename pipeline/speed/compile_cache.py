@@ -2,7 +2,7 @@
 
 Compilation never runs in ``setup()``: ``compile_repeated_blocks`` only marks the repeated blocks
 (SDXL's transformer blocks, Flux's double and single blocks); they compile on the first call. That
-first call is what the artifact file shortens: ``scripts/build_compile_cache.py`` compiles once on
+first call is what the artifact file shortens: ``bench/build_compile_cache.py`` compiles once on
 the target GPU and saves PyTorch's cache artifacts (``torch.compiler.save_cache_artifacts``); the
 service restores them at load (a file read), so inductor's code generation and autotuning are cache
 hits. Artifacts are only valid for the same GPU model and torch version, so both are in the name.

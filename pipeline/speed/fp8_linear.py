@@ -5,7 +5,7 @@ tensor cores on Hopper, fp32 accumulation, bf16 out).
 Only the Linear layers inside the double and single blocks are converted, where nearly all of the
 FLOPs are; the embedders and the output projection stay in bf16, as is usual for fp8 inference of
 Flux. It halves those weights' memory too. The deviation from bf16 is reported by
-``scripts/bench_generation.py --ablate``.
+``bench/bench_generation.py --ablate``.
 """
 
 from __future__ import annotations

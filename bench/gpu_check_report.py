@@ -1,11 +1,11 @@
-"""Fold one finished step of ``scripts/gpu_check.sh`` into the part's report, the moment it ends.
+"""Fold one finished step of ``bench/gpu_check.sh`` into the part's report, the moment it ends.
 
 The device returns at most 8 files and kills a command at its limit, so each part keeps exactly
 three files under ``$OUT`` and rewrites two of them after every step: ``PART.json`` (every step's
 status, seconds and the benchmark's own JSON) and ``PART.md`` (the benchmarks' tables, then the
 targets with met / missed / not measured). A run cut off mid-way still returns every finished step.
 
-Usage (from gpu_check.sh): python scripts/gpu_check_report.py OUT PART STEP STATUS SECONDS [RESULT_DIR]
+Usage (from gpu_check.sh): python bench/gpu_check_report.py OUT PART STEP STATUS SECONDS [RESULT_DIR]
 """
 
 from __future__ import annotations

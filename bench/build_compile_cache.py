@@ -12,10 +12,10 @@ without the file the service still starts as fast (nothing compiles in ``setup()
 call at each size compiles instead.
 
 GPU:
-    python scripts/build_compile_cache.py --model sdxl --weights weights/sdxl-full --cases 1024x1024x20,768x768x15
-    python scripts/build_compile_cache.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28
+    python bench/build_compile_cache.py --model sdxl --weights weights/sdxl-full --cases 1024x1024x20,768x768x15
+    python bench/build_compile_cache.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28
 CPU (tiny weights; checks the mechanism, the times mean nothing for a GPU):
-    python scripts/build_compile_cache.py --model sdxl --weights weights/sdxl-tiny --cases 64x64x2
+    python bench/build_compile_cache.py --model sdxl --weights weights/sdxl-tiny --cases 64x64x2
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ Each precision runs in its own fresh process (``--worker``), so peak memory and 
 precision's alone. Prints a markdown table, writes JSON and the table.
 
 GPU (full-size random weights):
-    python scripts/make_flux.py --variant dev --out weights/flux-dev-full
-    python scripts/make_weights.py --size full --out weights/sdxl-full
-    python scripts/bench_flux.py --weights weights/flux-dev-full --sdxl-weights weights/sdxl-full
+    python tests/fixtures/make_flux.py --variant dev --out weights/flux-dev-full
+    python tests/fixtures/make_weights.py --size full --out weights/sdxl-full
+    python bench/bench_flux.py --weights weights/flux-dev-full --sdxl-weights weights/sdxl-full
 CPU smoke run (tiny weights, bf16 only; the figures mean nothing for a GPU):
-    python scripts/bench_flux.py --weights /tmp/flux-tiny --sdxl-weights weights/sdxl-tiny --size 128 --runs 1 --modes none
+    python bench/bench_flux.py --weights /tmp/flux-tiny --sdxl-weights weights/sdxl-tiny --size 128 --runs 1 --modes none
 """
 
 from __future__ import annotations

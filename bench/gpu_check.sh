@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # One device command per PART: every CUDA path and speed target, checked on a bare H100/H200.
 #
-#   scripts/gpu_check.sh sdxl|flux|extras|features  on the device (after scripts/gpu_wheels.sh here)
-#   GPU_CHECK_REHEARSAL=1 scripts/gpu_check.sh P  the same sequence on the CPU with tiny weights
-#   scripts/gpu_check.sh --rehearsal-venv DIR     make a Python 3.12 venv with the device's versions
+#   bench/gpu_check.sh sdxl|flux|extras|features  on the device (after bench/gpu_wheels.sh here)
+#   GPU_CHECK_REHEARSAL=1 bench/gpu_check.sh P  the same sequence on the CPU with tiny weights
+#   bench/gpu_check.sh --rehearsal-venv DIR     make a Python 3.12 venv with the device's versions
 #
 # The device reaches no package index and keeps nothing between machines, so a part installs the
 # carried wheels (.whl/), builds the full-size random weights it needs on the local disk (the GPU
 # draws the random values), then runs its checks in order of value. After each step it rewrites
-# $OUT/PART.json and $OUT/PART.md (scripts/gpu_check_report.py) and $OUT/PART.log holds the whole
+# $OUT/PART.json and $OUT/PART.md (bench/gpu_check_report.py) and $OUT/PART.log holds the whole
 # log, so a run cut off by its limit still returns every finished step. Each step has its own time
 # limit, and no step starts past the part's deadline ($GPU_CHECK_DEADLINE_S, default 450 s).
 #
 # Device call (the `run` tool): carry [".whl"], timeout_s 480, command:
-#   bash scripts/gpu_check.sh sdxl
+#   bash bench/gpu_check.sh sdxl
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -30,7 +30,7 @@ if [ "${1:-}" = "--rehearsal-venv" ]; then
     huggingface_hub==1.33.0 numpy==2.4.6 tokenizers==0.23.2 accelerate==1.15.0 safetensors==0.8.0 \
     pillow pytest scikit-image requests matplotlib attrs absl-py flatbuffers opencv-python-headless
   "$DIR/bin/pip" check
-  echo "rehearsal venv ready: GPU_CHECK_PYTHON=$DIR/bin/python GPU_CHECK_REHEARSAL=1 bash scripts/gpu_check.sh sdxl"
+  echo "rehearsal venv ready: GPU_CHECK_PYTHON=$DIR/bin/python GPU_CHECK_REHEARSAL=1 bash bench/gpu_check.sh sdxl"
   exit 0
 fi
 
@@ -63,7 +63,7 @@ echo "gpu_check $PART: rehearsal=$REHEARSAL python=$PYTHON work=$WORK out=$OUT $
 
 # 1. The carried wheels, into a private folder on the path (the image's own packages stay as they are).
 if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl; then
-  echo "FAILED: installing the carried wheels (run scripts/gpu_wheels.sh here and carry .whl)"; exit 1
+  echo "FAILED: installing the carried wheels (run bench/gpu_wheels.sh here and carry .whl)"; exit 1
 fi
 # --no-compile above keeps the install quick; compile the bytecode now, so no step (start-up
 # above all) pays for compiling a module on its first import.
@@ -81,7 +81,7 @@ step() {  # step NAME LIMIT_S FUNCTION: run it with its own limit and result fol
   local name="$1" limit="$2" fn="$3" left=$(( DEADLINE - $(date +%s) ))
   if [ "$left" -lt 20 ]; then
     echo "=== skip $name: the part's deadline is ${left}s away"
-    "$PYTHON" scripts/gpu_check_report.py "$OUT" "$PART" "$name" 124 0
+    "$PYTHON" bench/gpu_check_report.py "$OUT" "$PART" "$name" 124 0
     return
   fi
   [ "$limit" -gt "$left" ] && limit="$left"
@@ -95,7 +95,7 @@ step() {  # step NAME LIMIT_S FUNCTION: run it with its own limit and result fol
   local seconds; seconds=$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))
   pkill -9 -f "$ROOT/scripts/serve.py" 2>/dev/null || true  # servers a killed benchmark left behind
   echo "=== step $name: exit $status after ${seconds}s"
-  "$PYTHON" scripts/gpu_check_report.py "$OUT" "$PART" "$name" "$status" "$seconds" "$STEP_DIR"
+  "$PYTHON" bench/gpu_check_report.py "$OUT" "$PART" "$name" "$status" "$seconds" "$STEP_DIR"
 }
 
 environment() {
@@ -111,8 +111,8 @@ print('device', torch.cuda.get_device_name() if torch.cuda.is_available() else '
 }
 sdxl_weights() {
   [ -f "$SDXL_W/model_index.json" ] && return 0
-  "$PYTHON" scripts/make_weights.py --size "$SDXL_SIZE" --device "$DEVICE" --out "$SDXL_W" \
-    || { echo "building on $DEVICE failed; building on the CPU"; rm -rf "$SDXL_W"; "$PYTHON" scripts/make_weights.py --size "$SDXL_SIZE" --out "$SDXL_W"; }
+  "$PYTHON" tests/fixtures/make_weights.py --size "$SDXL_SIZE" --device "$DEVICE" --out "$SDXL_W" \
+    || { echo "building on $DEVICE failed; building on the CPU"; rm -rf "$SDXL_W"; "$PYTHON" tests/fixtures/make_weights.py --size "$SDXL_SIZE" --out "$SDXL_W"; }
 }
 flux_weights() {
   # The disk (64 GB) holds one family: full Flux dev plus schnell's own transformer is 57 GB.
@@ -126,11 +126,11 @@ flux_weights() {
       "$PYTHON" - "$FLUX_W" "$folder" "$variant" "$DEVICE" <<'PY' || return 1
 import sys
 from pathlib import Path
-from scripts.make_flux import build_flux_sharing
+from tests.fixtures.make_flux import build_flux_sharing
 build_flux_sharing(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], device=sys.argv[4])
 PY
     else
-      "$PYTHON" scripts/make_flux.py --variant "$variant" --device "$DEVICE" --out "$folder" || return 1
+      "$PYTHON" tests/fixtures/make_flux.py --variant "$variant" --device "$DEVICE" --out "$folder" || return 1
     fi
   done
 }
@@ -138,72 +138,72 @@ gpu_paths() {
   "$PYTHON" -m pytest -v -p no:cacheprovider --junitxml="$STEP_DIR/pytest.xml" tests/test_gpu_paths.py
 }
 sdxl_generation() {
-  "$PYTHON" scripts/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASES" --runs "$RUNS" --out "$STEP_DIR"
+  "$PYTHON" bench/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASES" --runs "$RUNS" --out "$STEP_DIR"
 }
 sdxl_coldstart() {
-  "$PYTHON" scripts/bench_coldstart.py --weights "$SDXL_W" --cache warm --runs 1 --first-image "$SDXL_CASE" --out "$STEP_DIR"
+  "$PYTHON" bench/bench_coldstart.py --weights "$SDXL_W" --cache warm --runs 1 --first-image "$SDXL_CASE" --out "$STEP_DIR"
 }
 sdxl_url_coldstart() {
   # issue #24: the same full SDXL from a loopback object store (90 MB/s per connection, 1 GB/s in all)
   # to READY, against from disk, in one run
-  "$PYTHON" scripts/bench_fetch.py --weights "$SDXL_W" --rate-mb 90 --ttfb-ms 150 --total-mb 1000 --runs 1 --skip-transfer \
+  "$PYTHON" bench/bench_fetch.py --weights "$SDXL_W" --rate-mb 90 --ttfb-ms 150 --total-mb 1000 --runs 1 --skip-transfer \
     --json "$STEP_DIR/fetch.json"
 }
 sdxl_imports() {
-  "$PYTHON" scripts/import_profile.py --model sdxl --out "$STEP_DIR"
+  "$PYTHON" bench/import_profile.py --model sdxl --out "$STEP_DIR"
 }
 sdxl_bytecode() {
   # issue #18: plain diffusers' import with the carried wheels compiled (above) and from source
-  "$PYTHON" scripts/bench_bytecode.py --runs 2 --out "$STEP_DIR"
+  "$PYTHON" bench/bench_bytecode.py --runs 2 --out "$STEP_DIR"
 }
 sdxl_ablation() {
   # compile=regional is the extras part's (its first call compiles for minutes)
-  "$PYTHON" scripts/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASE" --runs "$ABLATE_RUNS" \
+  "$PYTHON" bench/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASE" --runs "$ABLATE_RUNS" \
     --ablate fuse_qkv,channels_last,cuda_graphs,vae_decode,attention --out "$STEP_DIR"
 }
 flux_generation() {
   # plain against the defaults, the two lossy opt-in rows, then the exact switches (rows in this order,
   # each written as it finishes); attention kernel order is left to SDXL's rows
-  "$PYTHON" scripts/bench_generation.py --model flux-dev --weights "$FLUX_W" --cases "$FLUX_CASE" --runs "$ABLATE_RUNS" \
+  "$PYTHON" bench/bench_generation.py --model flux-dev --weights "$FLUX_W" --cases "$FLUX_CASE" --runs "$ABLATE_RUNS" \
     --ablate step_cache,fp8_matmul,cuda_graphs,fuse_qkv,channels_last --out "$STEP_DIR"
 }
 flux_schnell() {
-  "$PYTHON" scripts/bench_generation.py --model flux-schnell --weights "$SCHNELL_W" --cases "$SCHNELL_CASE" --runs "$RUNS" --out "$STEP_DIR"
+  "$PYTHON" bench/bench_generation.py --model flux-schnell --weights "$SCHNELL_W" --cases "$SCHNELL_CASE" --runs "$RUNS" --out "$STEP_DIR"
 }
 flux_coldstart() {
-  "$PYTHON" scripts/bench_coldstart.py --model flux-dev --weights "$FLUX_W" --cache warm --runs 1 --first-image "$FLUX_CASE" --out "$STEP_DIR"
+  "$PYTHON" bench/bench_coldstart.py --model flux-dev --weights "$FLUX_W" --cache warm --runs 1 --first-image "$FLUX_CASE" --out "$STEP_DIR"
 }
 extras_identity() {
-  "$PYTHON" scripts/make_ip_adapter.py --size "$ADAPTER_SIZE" --out "$ADAPTER_W" >/dev/null \
-    && "$PYTHON" scripts/bench_identity.py --weights "$SDXL_W" --ip-adapter "$ADAPTER_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" \
+  "$PYTHON" tests/fixtures/make_ip_adapter.py --size "$ADAPTER_SIZE" --out "$ADAPTER_W" >/dev/null \
+    && "$PYTHON" bench/bench_identity.py --weights "$SDXL_W" --ip-adapter "$ADAPTER_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" \
          --json "$STEP_DIR/identity.json"
 }
 extras_image_modes() {
   # txt2img, img2img at strength 0.8 and inpaint, on the balanced preset, plain diffusers against the service
-  "$PYTHON" scripts/bench_image_modes.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" --out "$STEP_DIR"
+  "$PYTHON" bench/bench_image_modes.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" --out "$STEP_DIR"
 }
 extras_lora() {
   # LoRA by URL: cold and cached fetch and load, time per image with none, one and two, the restore
-  "$PYTHON" scripts/bench_lora.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --ranks "$LORA_RANKS" --runs "$ABLATE_RUNS" \
+  "$PYTHON" bench/bench_lora.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --ranks "$LORA_RANKS" --runs "$ABLATE_RUNS" \
     --out "$STEP_DIR"
 }
 extras_safety() {
   # the safety checker (CompVis's at full size, with Falconsai's second opinion) per image, against one SDXL image
-  "$PYTHON" scripts/bench_safety.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" $SAFETY_FLAGS --out "$STEP_DIR"
+  "$PYTHON" bench/bench_safety.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" $SAFETY_FLAGS --out "$STEP_DIR"
 }
 features_video() {
   # one 25-frame SVD-XT clip at 1024x576, plain diffusers against the service, and a 6-scene storyboard
-  "$PYTHON" scripts/make_svd.py --size "$SVD_SIZE" --device "$DEVICE" --out "$W/svd-$SVD_SIZE" >/dev/null \
-    && "$PYTHON" scripts/bench_video.py --svd "$W/svd-$SVD_SIZE" --sdxl "$SDXL_W" --runs "$ABLATE_RUNS" $VIDEO_FLAGS \
+  "$PYTHON" tests/fixtures/make_svd.py --size "$SVD_SIZE" --device "$DEVICE" --out "$W/svd-$SVD_SIZE" >/dev/null \
+    && "$PYTHON" bench/bench_video.py --svd "$W/svd-$SVD_SIZE" --sdxl "$SDXL_W" --runs "$ABLATE_RUNS" $VIDEO_FLAGS \
          --out "$STEP_DIR"
 }
 extras_adetailer() {
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
-    .whl/adetailer/*.whl || { echo "FAILED: installing .whl/adetailer (run scripts/gpu_wheels.sh here)"; return 1; }
-  "$PYTHON" scripts/bench_adetailer.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" --json "$STEP_DIR/adetailer.json"
+    .whl/adetailer/*.whl || { echo "FAILED: installing .whl/adetailer (run bench/gpu_wheels.sh here)"; return 1; }
+  "$PYTHON" bench/bench_adetailer.py --weights "$SDXL_W" --size "$IMAGE_SIZE" --runs "$ABLATE_RUNS" --json "$STEP_DIR/adetailer.json"
 }
 extras_compile() {
-  COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" scripts/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
+  COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" bench/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
 export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_url_coldstart sdxl_imports sdxl_bytecode sdxl_ablation \

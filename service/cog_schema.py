@@ -16,9 +16,9 @@ Every input is still declared once, in the request models. ``predict.py``'s para
 from those declarations (``--write-predict``), and ``tests/test_cog_schema.py`` fails when the two
 differ.
 
-    python scripts/cog_schema.py                  # writes .cog/openapi_schema.json
-    python scripts/cog_schema.py --print          # prints it
-    python scripts/cog_schema.py --write-predict  # re-renders predict.py's parameters from the models
+    python service/cog_schema.py                  # writes .cog/openapi_schema.json
+    python service/cog_schema.py --print          # prints it
+    python service/cog_schema.py --write-predict  # re-renders predict.py's parameters from the models
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SCHEMA_PATH = Path(".cog") / "openapi_schema.json"
 
 _JSON_TYPES = {"str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"},
                "bool": {"type": "boolean"}, "Path": {"type": "string", "format": "uri"}}
-BEGIN, END = "        # BEGIN inputs (scripts/cog_schema.py --write-predict)\n", "        # END inputs\n"
+BEGIN, END = "        # BEGIN inputs (service/cog_schema.py --write-predict)\n", "        # END inputs\n"
 
 
 @dataclass(frozen=True)

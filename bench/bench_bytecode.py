@@ -12,7 +12,7 @@ each, after one untimed run of each:
     after a ``--no-compile`` install does.
 Prints a markdown table of medians and the ratio, writes JSON and the table to --out.
 
-    python scripts/bench_bytecode.py --runs 3 --out bench_results
+    python bench/bench_bytecode.py --runs 3 --out bench_results
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ the service's ``pipeline.generate`` with the same inputs (its speed settings, it
 variants). Each with a warm-up and the median of --runs, in one process, same weights and seeds.
 Prints a markdown table and writes JSON and the table.
 
-GPU (full-size random weights; scripts/gpu_check.sh features runs this):
-    python scripts/bench_image_modes.py --weights weights/sdxl-full --size 1024
+GPU (full-size random weights; bench/gpu_check.sh features runs this):
+    python bench/bench_image_modes.py --weights weights/sdxl-full --size 1024
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
-    python scripts/bench_image_modes.py --weights weights/sdxl-tiny --size 64 --runs 1
+    python bench/bench_image_modes.py --weights weights/sdxl-tiny --size 64 --runs 1
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_generation import PROMPT, timed_runs  # noqa: E402
+from bench.bench_generation import PROMPT, timed_runs  # noqa: E402
 
 MODES = ("text", "img2img", "inpaint")
 STRENGTH = 0.8

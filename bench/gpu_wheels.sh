@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download, on this machine, the exact wheels the lent GPU's image lacks into .whl/ (git-ignored),
-# for scripts/gpu_check.sh to install there (the device reaches no package index).
+# for bench/gpu_check.sh to install there (the device reaches no package index).
 # The device image: Python 3.12, torch 2.11.0+cu130, transformers 5.17.0, accelerate 1.15.0,
 # safetensors 0.8.0, huggingface_hub 1.33.0, numpy 2.x; no diffusers, peft, cog or coglet. pydantic (the
 # request models) travels pinned as in requirements.txt, with typing_extensions new enough for it.

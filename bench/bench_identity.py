@@ -4,11 +4,11 @@ Runs through ``Predictor.predict`` (the path a request takes), median of --runs 
 that also loads the adapter and embeds the face, so the figures are per-request cost.
 
 GPU (full-size random weights):
-    python scripts/make_weights.py --size full --out weights/sdxl-full
-    python scripts/make_ip_adapter.py --size full --out weights/ip-adapter-full
-    python scripts/bench_identity.py --weights weights/sdxl-full --ip-adapter weights/ip-adapter-full
+    python tests/fixtures/make_weights.py --size full --out weights/sdxl-full
+    python tests/fixtures/make_ip_adapter.py --size full --out weights/ip-adapter-full
+    python bench/bench_identity.py --weights weights/sdxl-full --ip-adapter weights/ip-adapter-full
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
-    python scripts/bench_identity.py --weights weights/sdxl-tiny --ip-adapter weights/ip-adapter-tiny --size 256 --runs 1
+    python bench/bench_identity.py --weights weights/sdxl-tiny --ip-adapter weights/ip-adapter-tiny --size 256 --runs 1
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ For each page-cache state (warm, and dropped for the weight files) and --runs ti
 It prints a markdown table with medians and ratios and writes JSON and the table to --out.
 
 GPU (full-size random SDXL, then Flux-dev in bf16):
-    python scripts/bench_coldstart.py --weights weights/sdxl-full --build full
-    python scripts/bench_coldstart.py --model flux-dev --weights weights/flux-dev-full --build dev
+    python bench/bench_coldstart.py --weights weights/sdxl-full --build full
+    python bench/bench_coldstart.py --model flux-dev --weights weights/flux-dev-full --build dev
 CI (tiny weights on the CPU; checks every stage reported and the chain completed, never a time):
-    python scripts/bench_coldstart.py --ci
+    python bench/bench_coldstart.py --ci
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def main() -> None:
             build = ["make_weights.py", "--size", args.build]
         else:
             build = ["make_flux.py", "--variant", args.build]
-        subprocess.run([sys.executable, str(ROOT / "scripts" / build[0]), *build[1:], "--out", str(args.weights)],
+        subprocess.run([sys.executable, str(ROOT / "tests" / "fixtures" / build[0]), *build[1:], "--out", str(args.weights)],
                        check=True, cwd=ROOT)
     caches = ["warm", "dropped"] if args.cache == "both" else [args.cache]
     if args.variant is None:

@@ -5,10 +5,10 @@ on a real portrait (scikit-image's astronaut, scaled to the same size; random we
 so the portrait guarantees exactly one detection), and prints medians, the ratio, and JSON.
 
 GPU (full-size random SDXL):
-    python scripts/make_weights.py --size full --out weights/sdxl-full
-    python scripts/bench_adetailer.py --weights weights/sdxl-full --size 1024 --preset balanced
+    python tests/fixtures/make_weights.py --size full --out weights/sdxl-full
+    python bench/bench_adetailer.py --weights weights/sdxl-full --size 1024 --preset balanced
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
-    python scripts/bench_adetailer.py --weights weights/sdxl-tiny --size 512 --runs 2
+    python bench/bench_adetailer.py --weights weights/sdxl-tiny --size 512 --runs 2
 """
 
 from __future__ import annotations

@@ -6,11 +6,11 @@ plain diffusers' ``StableVideoDiffusionPipeline`` (``from_pretrained`` + ``.to(d
 and peak GPU memory. Then a storyboard of --scenes clips through the service, timed in all. Target:
 a 25-frame clip in at most 10 s on an H100. Prints a markdown table, writes JSON and it.
 
-GPU (full-size random SVD-XT; scripts/gpu_check.sh features runs this):
-    python scripts/make_svd.py --size full --device cuda --out weights/svd-full
-    python scripts/bench_video.py --svd weights/svd-full --sdxl weights/sdxl-full
+GPU (full-size random SVD-XT; bench/gpu_check.sh features runs this):
+    python tests/fixtures/make_svd.py --size full --device cuda --out weights/svd-full
+    python bench/bench_video.py --svd weights/svd-full --sdxl weights/sdxl-full
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
-    python scripts/bench_video.py --svd weights/svd-tiny --sdxl weights/sdxl-tiny --runs 1 --scenes 2 --preset ultra_fast
+    python bench/bench_video.py --svd weights/svd-tiny --sdxl weights/sdxl-tiny --runs 1 --scenes 2 --preset ultra_fast
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_generation import timed_runs  # noqa: E402
+from bench.bench_generation import timed_runs  # noqa: E402
 
 
 def main() -> None:

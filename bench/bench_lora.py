@@ -1,15 +1,15 @@
 """What a LoRA by URL costs: first-request fetch and load (cold), the same LoRA again (cached), time per
 image with none, one and two LoRAs, and restoring the base model after a request.
 
-Random LoRAs at each --ranks in both layouts (scripts/make_lora.py, on the model's own shapes) are
+Random LoRAs at each --ranks in both layouts (tests/fixtures/make_lora.py, on the model's own shapes) are
 served by a loopback HTTP server, so the real download path runs (``LORA_ALLOW_PRIVATE_URLS=1`` for it).
 The service's own code does the work: ``pipeline.lora.fetch_loras``, ``pipeline.lora.applied`` and
 ``pipeline.generate``. Medians of --runs after a warm-up. Prints a markdown table, writes JSON and it.
 
-GPU (full-size random weights; scripts/gpu_check.sh features runs this):
-    python scripts/bench_lora.py --weights weights/sdxl-full --size 1024 --ranks 16,64
+GPU (full-size random weights; bench/gpu_check.sh features runs this):
+    python bench/bench_lora.py --weights weights/sdxl-full --size 1024 --ranks 16,64
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
-    python scripts/bench_lora.py --weights weights/sdxl-tiny --size 64 --ranks 4 --runs 1
+    python bench/bench_lora.py --weights weights/sdxl-tiny --size 64 --ranks 4 --runs 1
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_generation import PROMPT  # noqa: E402
+from bench.bench_generation import PROMPT  # noqa: E402
 
 
 def serve(folder: Path) -> str:
@@ -58,7 +58,7 @@ def main() -> None:
     import torch
     from safetensors.torch import save_file
 
-    from scripts.make_lora import make_lora
+    from tests.fixtures.make_lora import make_lora
 
     files = work / "files"
     files.mkdir()

@@ -8,7 +8,7 @@ distance from READY to the ``import torch`` floor. This runs the same imports in
 import time (``self``, summed over its modules, so the rows add up to the whole) and the slowest
 single modules by cumulative time. Prints a markdown table, writes JSON and the table.
 
-    python scripts/import_profile.py --model sdxl --out bench_results
+    python bench/import_profile.py --model sdxl --out bench_results
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The real cold boot: weights from a URL, against the same weights on local disk, in one run.
 
-A loopback object store (scripts/object_store.py, in its own process) serves a tar of the tiny
+A loopback object store (tests/fixtures/object_store.py, in its own process) serves a tar of the tiny
 SDXL plus a filler file in ``unet/`` with a per-connection rate cap and a time to first byte.
 The benchmark reports, each a median of ``--runs``:
 
@@ -14,7 +14,7 @@ The benchmark reports, each a median of ``--runs``:
 
 pget (Replicate's Go downloader) is not on the package index and cannot be installed here.
 
-    python scripts/bench_fetch.py --filler-mb 600 --rate-mb 40 --ttfb-ms 100 --runs 3
+    python bench/bench_fetch.py --filler-mb 600 --rate-mb 40 --ttfb-ms 100 --runs 3
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_coldstart import drop_page_cache, free_port, service_to_ready, write_import_cache  # noqa: E402
+from bench.bench_coldstart import drop_page_cache, free_port, service_to_ready, write_import_cache  # noqa: E402
 
 
 def build_tar(workdir: Path, filler_mb: int, weights: Path | None) -> tuple[Path, Path]:
     """The SDXL folder (``weights``, or the tiny SDXL with ``filler_mb`` of random bytes in ``unet/``)
     and its tar."""
-    from scripts.make_weights import build_sdxl
+    from tests.fixtures.make_weights import build_sdxl
 
     folder = weights or workdir / "sdxl"
     if weights is None:
@@ -59,7 +59,7 @@ def build_tar(workdir: Path, filler_mb: int, weights: Path | None) -> tuple[Path
 
 def start_store(root: Path, rate_mb: float, ttfb_ms: float, total_mb: float) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "object_store.py"), "--root", str(root),
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fixtures" / "object_store.py"), "--root", str(root),
                                 "--port", str(port), "--rate-mb", str(rate_mb), "--ttfb-ms", str(ttfb_ms),
                                 "--total-mb", str(total_mb)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

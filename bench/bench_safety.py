@@ -6,10 +6,10 @@ loaded by the service's own ``pipeline.safety_checker.checker_for``. Both always
 is flagged, so the second opinion is asked about each), which is the checker's worst case. Medians of
 --runs after a warm-up, for 1 and 4 images. Target: at most 3 % of one image's generation.
 
-GPU (scripts/gpu_check.sh features runs this):
-    python scripts/bench_safety.py --weights weights/sdxl-full --size 1024
+GPU (bench/gpu_check.sh features runs this):
+    python bench/bench_safety.py --weights weights/sdxl-full --size 1024
 CPU smoke run (tiny checkers and weights; the figures mean nothing for a GPU):
-    python scripts/bench_safety.py --weights weights/sdxl-tiny --size 64 --tiny --runs 1
+    python bench/bench_safety.py --weights weights/sdxl-tiny --size 64 --tiny --runs 1
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_generation import PROMPT, timed_runs  # noqa: E402
+from bench.bench_generation import PROMPT, timed_runs  # noqa: E402
 
 
 def full_size_checkers(folder: Path) -> None:
@@ -55,13 +55,13 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="an SDXL diffusers folder")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--tiny", action="store_true", help="tiny checkers (scripts/make_safety_checker.py), for a CPU run")
+    parser.add_argument("--tiny", action="store_true", help="tiny checkers (tests/fixtures/make_safety_checker.py), for a CPU run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
     folder = Path(tempfile.mkdtemp(prefix="bench-safety-"))
     if args.tiny:
-        from scripts.make_safety_checker import compvis, falconsai
+        from tests.fixtures.make_safety_checker import compvis, falconsai
 
         for name, (model, processor) in (("compvis", compvis("all")), ("falconsai", falconsai("all"))):
             model.save_pretrained(folder / name)

@@ -14,14 +14,14 @@ with its error, the other rows still run, and the exit status is 1. The JSON and
 are rewritten after every row, so a run stopped at a device's time limit keeps the rows it finished.
 
 GPU (full-size random weights):
-    python scripts/make_weights.py --size full --out weights/sdxl-full
-    python scripts/bench_generation.py --model sdxl --weights weights/sdxl-full --cases 1024x1024x20,768x768x15 --ablate
-    python scripts/make_flux.py --variant dev --out weights/flux-dev-full
-    python scripts/bench_generation.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28 --ablate
-    python scripts/make_flux.py --variant schnell --out weights/flux-schnell-full
-    python scripts/bench_generation.py --model flux-schnell --weights weights/flux-schnell-full --cases 1024x1024x4
+    python tests/fixtures/make_weights.py --size full --out weights/sdxl-full
+    python bench/bench_generation.py --model sdxl --weights weights/sdxl-full --cases 1024x1024x20,768x768x15 --ablate
+    python tests/fixtures/make_flux.py --variant dev --out weights/flux-dev-full
+    python bench/bench_generation.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28 --ablate
+    python tests/fixtures/make_flux.py --variant schnell --out weights/flux-schnell-full
+    python bench/bench_generation.py --model flux-schnell --weights weights/flux-schnell-full --cases 1024x1024x4
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
-    python scripts/bench_generation.py --model sdxl --weights weights/sdxl-tiny --cases 256x256x4 --runs 2
+    python bench/bench_generation.py --model sdxl --weights weights/sdxl-tiny --cases 256x256x4 --runs 2
 """
 
 from __future__ import annotations

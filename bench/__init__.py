@@ -1,0 +1,1 @@
+"""Benchmarks (they print figures and write JSON) and the device harness (gpu_check.sh)."""
