@@ -153,6 +153,7 @@ def fetch(url: str, cache_dir: Path, policy: FetchPolicy, on_file: Optional[OnFi
                 maps = {Path(rel).relative_to(base): m for rel, m in sink.tar.maps.items() if Path(rel).is_relative_to(base)}
             final, maps = _commit(cache_dir, key, content, f"{key}-{_display_name(plain)}", plain, sha, transfer.bytes, maps)
         finally:
+            sink.close()
             shutil.rmtree(staging, ignore_errors=True)
         log.info("%s: %.1f MB in %.2f s (%.0f MB/s, %d connections%s, %d retries) -> %s", policy.field,
                  transfer.bytes / 1e6, transfer.seconds, transfer.bytes / 1e6 / max(transfer.seconds, 1e-9),
@@ -165,8 +166,12 @@ def _commit(cache_dir: Path, key: str, content: Path, name: str, url: str, sha: 
     """Rename ``content`` into place as entry ``name``, then write its record (the hit condition)."""
     final = cache_dir / name
     files = _files_of(content)
+    if final.is_dir() and not final.is_symlink():  # an earlier start died between this rename and its record
+        shutil.rmtree(final)
+    elif final.exists() or final.is_symlink():
+        final.unlink()
     os.replace(content, final)
-    record = {"url": url, "name": name, "sha256": sha, "bytes": size, "files": files, "fetched": time.time()}
+    record = {"url": url.split("?")[0], "name": name, "sha256": sha, "bytes": size, "files": files, "fetched": time.time()}
     tmp = _record_path(cache_dir, key).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record))
     os.replace(tmp, _record_path(cache_dir, key))

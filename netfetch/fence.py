@@ -2,8 +2,9 @@
 
 ``ipaddress``'s ``is_global`` is the base. It lets through some addresses that still reach inside a
 network, so these are refused as well: IPv6 forms that embed an IPv4 address (IPv4-mapped, 6to4,
-Teredo, NAT64's 64:ff9b::/96 and 64:ff9b:1::/48) are judged by the embedded address; deprecated
-site-local fec0::/10; all of 192.0.0.0/24 (IETF protocol assignments); and multicast.
+Teredo, NAT64's 64:ff9b::/96 and 64:ff9b:1::/48) are judged by the embedded address; any other
+IPv6 address outside 2000::/3 (global unicast: IPv4-compatible ::a.b.c.d, site-local fec0::/10);
+all of 192.0.0.0/24 (IETF protocol assignments); and multicast.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 _REFUSED = tuple(ipaddress.ip_network(n) for n in ("192.0.0.0/24", "100.64.0.0/10", "fec0::/10"))
 _NAT64 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48"))
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")  # IPv4-compatible ::a.b.c.d and the like are not in it
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
@@ -34,7 +36,10 @@ def is_reachable_for_callers(ip: Address) -> bool:
     if ip.is_multicast or not ip.is_global or any(ip in net for net in _REFUSED if net.version == ip.version):
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        return all(is_reachable_for_callers(inner) for inner in _embedded_ipv4(ip))
+        embedded = _embedded_ipv4(ip)
+        if embedded:
+            return all(is_reachable_for_callers(inner) for inner in embedded)
+        return ip in _GLOBAL_UNICAST_V6
     return True
 
 

@@ -41,7 +41,7 @@ class Target:
 
 def parse_url(url: str, field: str) -> Target:
     """Split an http(s) URL, or raise ``BadURL`` naming ``field`` (a bad port, no host, a scheme)."""
-    if not isinstance(url, str) or any(c in url for c in "\r\n\t "):
+    if not isinstance(url, str) or any(ord(c) <= 32 or ord(c) == 127 for c in url):
         raise BadURL(f"{field}: not a URL (control characters or spaces)")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -49,9 +49,9 @@ def parse_url(url: str, field: str) -> Target:
     try:
         port = parts.port
     except ValueError as error:  # "Port out of range 0-65535", "Port could not be cast to integer value"
-        raise BadURL(f"{field}: bad port in {url[:200]!r} ({error})") from None
+        raise BadURL(f"{field}: bad port in {url.split('?')[0][:200]!r} ({error})") from None
     if not parts.hostname:
-        raise BadURL(f"{field}: no host in {url[:200]!r}")
+        raise BadURL(f"{field}: no host in {url.split('?')[0][:200]!r}")
     if parts.username or parts.password:
         raise BadURL(f"{field}: credentials in the URL are not accepted")
     path = parts.path or "/"
@@ -135,16 +135,16 @@ def open_following(url: str, policy: FetchPolicy, headers: Mapping[str, str], ti
             response = connection.getresponse()
         except (http.client.InvalidURL, ValueError) as error:
             connection.close()
-            raise BadURL(f"{policy.field}: {error}") from None
+            raise BadURL(f"{policy.field}: {point.target.label} is not a URL http.client can send "
+                         f"({type(error).__name__})") from None
         except BaseException:
             connection.close()
             raise
         if response.status not in REDIRECTS:
             return point, connection, response
         location = response.getheader("Location")
-        response.read()
-        connection.close()
+        connection.close()  # the body of a redirect is not read: it may be any size
         if not location:
             raise FetchError(f"{policy.field}: HTTP {response.status} without a Location from {point.target.label}")
         current = urllib.parse.urljoin(current, location)
-    raise FetchError(f"{policy.field}: more than {policy.max_redirects} redirects from {url[:200]}")
+    raise FetchError(f"{policy.field}: more than {policy.max_redirects} redirects from {url.split('?')[0][:200]}")

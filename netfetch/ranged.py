@@ -48,6 +48,14 @@ class Transfer:
     retries: int
 
 
+class _ConsumerFailed(Exception):
+    """The consumer refused the bytes (or failed writing them): final, never a network retry."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Retry(Exception):
     def __init__(self, why: str, wait: Optional[float] = None) -> None:
         super().__init__(why)
@@ -62,6 +70,7 @@ class _Watch:
         self.seconds = seconds
         self.label = label
         self.error: Optional[BaseException] = None
+        self._aborted = threading.Event()
         self._connections: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
@@ -76,6 +85,7 @@ class _Watch:
             if self.error is None:
                 self.error = error
             connections = list(self._connections)
+        self._aborted.set()  # wakes every worker waiting out a Retry-After
         for connection in connections:
             sock = connection.sock
             if sock is not None:
@@ -104,7 +114,7 @@ class _Watch:
         if seconds >= self.remaining():
             self._expire()
             self.check()
-        time.sleep(seconds)
+        self._aborted.wait(seconds)
         self.check()
 
     def cancel(self) -> None:
@@ -131,6 +141,7 @@ class _Download:
         self._fed = 0  # chunks handed to the consumer
         self._claimed = 1  # chunk 0 is the probe's
         self._local = threading.local()  # each worker's kept-alive connection
+        self._validator: dict[str, str] = {}  # If-Range with the first answer's ETag (or Last-Modified)
 
     # -- requests --------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -163,7 +174,7 @@ class _Download:
         self._local.connection = None
         if kept is not None:
             try:
-                return kept, self._send(kept, headers)
+                return self._send(kept, headers)
             except (OSError, http.client.HTTPException):  # the server closed it meanwhile: a fresh one
                 self.watch.unregister(kept)
                 self.watch.check()
@@ -171,12 +182,13 @@ class _Download:
         self.watch.register(connection)
         self.connections += 1
         try:
-            return connection, self._send(connection, headers)
+            return self._send(connection, headers)
         except BaseException:
             self.watch.unregister(connection)
             raise
 
-    def _send(self, connection: http.client.HTTPConnection, headers: dict[str, str]) -> http.client.HTTPResponse:
+    def _send(self, connection: http.client.HTTPConnection,
+              headers: dict[str, str]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         assert self.endpoint is not None
         connection.timeout = self._timeout()
         if connection.sock is not None:
@@ -184,10 +196,15 @@ class _Download:
         connection.request("GET", self.endpoint.target.path, headers={"User-Agent": USER_AGENT, **headers})
         response = connection.getresponse()
         if response.status in (301, 302, 303, 307, 308):  # a signed URL that redirects every time
-            response.read()
-            self.watch.unregister(connection)
+            self.watch.unregister(connection)  # its body is not read: it may be any size
             _, connection, response = open_following(self.url, self.policy, headers, self._timeout(), self.watch.register)
-        return response
+        return connection, response
+
+    def _drop_kept(self) -> None:
+        kept = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if kept is not None:
+            self.watch.unregister(kept)
 
     def _release(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse, whole: bool) -> None:
         """Keep the connection for this thread's next chunk when its response was read to the end."""
@@ -245,14 +262,15 @@ class _Download:
 
         def attempt(progress) -> bytearray:  # type: ignore[no-untyped-def]
             first = start + filled[0]
-            connection, response = self._open({"Range": f"bytes={first}-{end - 1}"})
+            connection, response = self._open({"Range": f"bytes={first}-{end - 1}", **self._validator})
             whole = False
             try:
                 self._judge(response)
                 match = CONTENT_RANGE.match(response.getheader("Content-Range") or "")
-                if response.status != 206 or not match or int(match.group(1)) != first:
-                    raise FetchError(f"{self.policy.field}: the server stopped honouring range requests "
-                                     f"(HTTP {response.status} for bytes {first}-)")
+                if response.status != 206 or not match or int(match.group(1)) != first or match.group(3) != str(self.size):
+                    # with If-Range a 200 means the file changed since the first request: never stitch two versions
+                    raise FetchError(f"{self.policy.field}: {self.label} changed or stopped honouring range requests "
+                                     f"during the download (HTTP {response.status} for bytes {first}-)")
                 while filled[0] < len(data):
                     count = self._read_into(response, view[filled[0]:])
                     if count:
@@ -290,9 +308,7 @@ class _Download:
             with self._lock:
                 self._lock.notify_all()
         finally:
-            kept = getattr(self._local, "connection", None)
-            if kept is not None:
-                self.watch.unregister(kept)
+            self._drop_kept()
 
     def _take(self, index: int) -> bytearray:
         with self._lock:
@@ -308,8 +324,11 @@ class _Download:
     def run(self) -> Transfer:
         started = time.perf_counter()
         try:
-            received = self._probe_and_run()
-            self.consumer.finish()
+            try:
+                received = self._probe_and_run()
+                self.consumer.finish()
+            except _ConsumerFailed as failed:
+                raise failed.error from None
         except FetchError as error:
             self.watch.abort(error)
             text = str(error)
@@ -326,6 +345,12 @@ class _Download:
             self.watch.cancel()
         return Transfer(received, time.perf_counter() - started, self.connections,
                         self.size is not None and self._chunks > 1, self.retries)
+
+    def _feed(self, data: memoryview) -> None:
+        try:
+            self.consumer.feed(data)
+        except BaseException as error:
+            raise _ConsumerFailed(error) from error
 
     def _cap(self, size: Optional[int]) -> None:
         limit = self.policy.max_bytes
@@ -349,11 +374,36 @@ class _Download:
         if response.status == 206 and match and match.group(3) != "*" and int(match.group(1)) == 0:
             self.size = int(match.group(3))
             self._cap(self.size)
+            validator = response.getheader("ETag") or response.getheader("Last-Modified")
+            if validator and not validator.startswith("W/"):
+                self._validator = {"If-Range": validator}
             return self._ranged(connection, response, first)
+        if response.status == 206:  # a partial answer without its total: ask for the whole file instead
+            self.watch.unregister(connection)
+            connection, response = self._with_retries("the first request", lambda progress: self._whole())
         length = response.getheader("Content-Length")
         declared = int(length) if length and length.isdigit() else None
         self._cap(declared)
         return self._single(connection, response, declared)
+
+    def _whole(self) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """A plain GET (no Range) on a fresh connection, judged: it must answer 200."""
+        connection = (self.endpoint.connect(self._timeout()) if self.endpoint is not None else None)
+        if connection is None:
+            _, connection, response = open_following(self.url, self.policy, {}, self._timeout(), self.watch.register)
+        else:
+            self.watch.register(connection)
+            connection.request("GET", self.endpoint.target.path, headers={"User-Agent": USER_AGENT})  # type: ignore[union-attr]
+            response = connection.getresponse()
+        try:
+            self._judge(response)
+            if response.status != 200:
+                raise FetchError(f"{self.policy.field}: {self.label} answered HTTP {response.status} to a request "
+                                 "for the whole file")
+        except BaseException:
+            self.watch.unregister(connection)
+            raise
+        return connection, response
 
     def _ranged(self, connection: http.client.HTTPConnection, response: http.client.HTTPResponse,
                 first: bytearray) -> int:
@@ -375,17 +425,18 @@ class _Download:
             thread.start()
         try:
             chunk0 = first if have == len(first) else self._fetch_chunk(0, first, have)
-            self.consumer.feed(memoryview(chunk0))
+            self._feed(memoryview(chunk0))
             with self._lock:
                 self._fed = 1
                 self._lock.notify_all()
             del chunk0, first
             for index in range(1, self._chunks):
-                self.consumer.feed(memoryview(self._take(index)))
+                self._feed(memoryview(self._take(index)))
         except BaseException as error:
             self.watch.abort(error)
             raise
         finally:
+            self._drop_kept()  # this thread's, when it fetched chunk 0 again
             for thread in threads:
                 thread.join()
         return self.size
@@ -402,30 +453,36 @@ class _Download:
 
         def drain(progress) -> None:  # type: ignore[no-untyped-def]
             nonlocal received
-            if current[1] is None:
-                new_connection, new_response = self._open({"Range": f"bytes={received}-"} if received else {})
-                current[:] = [new_connection, new_response]
-                self._judge(new_response)
-                match = CONTENT_RANGE.match(new_response.getheader("Content-Range") or "")
-                skip = received - int(match.group(1)) if new_response.status == 206 and match else received
-                while skip > 0:  # the server sent from an earlier byte (or from the start): drop that part
-                    count = self._read_into(new_response, view[:min(skip, len(view))])
-                    if not count:
-                        raise http.client.IncompleteRead(b"")
-                    skip -= count
             try:
+                if current[1] is None:
+                    new_connection, new_response = self._open({"Range": f"bytes={received}-"} if received else {})
+                    current[:] = [new_connection, new_response]
+                    self._judge(new_response)
+                    match = CONTENT_RANGE.match(new_response.getheader("Content-Range") or "")
+                    if new_response.status == 206 and not (match and int(match.group(1)) <= received):
+                        raise FetchError(f"{self.policy.field}: {self.label} resumed from an unexpected byte")
+                    skip = received - int(match.group(1)) if new_response.status == 206 and match else received
+                    while skip > 0:  # the server sent from an earlier byte (or from the start): drop that part
+                        count = self._read_into(new_response, view[:min(skip, len(view))])
+                        if not count:
+                            raise http.client.IncompleteRead(b"")
+                        skip -= count
                 while count := self._read_into(current[1], view):
                     received += count
                     progress()
                     if self.policy.max_bytes is not None and received > self.policy.max_bytes:
                         raise TooLarge(f"{self.policy.field}: more than {self.policy.max_bytes} bytes")
-                    self.consumer.feed(view[:count])
+                    self._feed(view[:count])
                 if declared is not None and received < declared:
                     raise http.client.IncompleteRead(b"", declared - received)
             finally:
-                self.watch.unregister(current[0])
+                if current[0] is not None:
+                    self.watch.unregister(current[0])
                 current[1] = None
 
+        announce = getattr(self.consumer, "announced", None)
+        if callable(announce):
+            announce(declared)  # before any byte: a consumer that cannot prove its end without a length says so
         self._with_retries("the download", drain)
         if declared is not None and received != declared:
             raise Incomplete(f"{self.policy.field}: {received} bytes received, {declared} announced")

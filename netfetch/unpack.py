@@ -57,14 +57,20 @@ def check_safetensors_bytes(name: str, head: bytes | memoryview | mmap.mmap, siz
         raise Incomplete(f"{field}: {name} has {size} bytes but its header accounts for {needed}")
 
 
-def _pax_records(data: bytes) -> dict[str, str]:
+def _pax_records(data: bytes, field: str) -> dict[str, str]:
+    """A pax extended header's ``"%d %s=%s\n"`` records; a malformed one is refused naming ``field``."""
     records, position = {}, 0
-    while position < len(data) and data[position:position + 1] != b"\0":
-        space = data.index(b" ", position)
-        length = int(data[position:space])
-        key, _, value = data[space + 1:position + length - 1].partition(b"=")
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        position += length
+    try:
+        while position < len(data) and data[position:position + 1] != b"\0":
+            space = data.index(b" ", position)
+            length = int(data[position:space])
+            if not space - position < length <= len(data) - position or data[position + length - 1:position + length] != b"\n":
+                raise ValueError(f"record length {length} at byte {position}")
+            key, _, value = data[space + 1:position + length - 1].partition(b"=")
+            records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+            position += length
+    except ValueError as error:
+        raise FetchError(f"{field}: a malformed tar extended header ({error})") from None
     return records
 
 
@@ -73,7 +79,8 @@ class _Member:
 
     def __init__(self, path: Path, size: int, mapped: bool) -> None:
         self.path, self.size, self.written = path, size, 0
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # a new file, never one already there or behind a link: no member can rewrite another
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         self.map: Optional[mmap.mmap] = None
         if mapped and size > 0:
             os.ftruncate(self.fd, size)
@@ -102,6 +109,7 @@ class TarStream:
         self.map_safetensors = map_safetensors
         self.unpacked = 0
         self.files: dict[str, int] = {}  # relative path -> size, regular files only
+        self._folders: set[str] = set()
         self.maps: dict[str, mmap.mmap] = {}
         self._pending: bytearray = bytearray()  # a header block or a pax / long-name body being collected
         self._need = BLOCK
@@ -167,7 +175,7 @@ class TarStream:
         body = data[:self._collect_size]
         kind, self._collecting, self._need = self._collecting, None, BLOCK
         if kind in ("x", "X"):
-            self._overrides.update(_pax_records(body))
+            self._overrides.update(_pax_records(body, self.field))
         elif kind == "L":
             self._overrides["path"] = body.rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif kind == "K":
@@ -190,9 +198,17 @@ class TarStream:
             raise FetchError(f"{self.field}: tar member refused: {error}") from None
         name = os.path.normpath(info.name)
         target = self.root / name
+        if info.issym() or info.islnk():
+            # Weights and LoRAs need no links, and links are how a tar reaches outside its folder or
+            # rewrites a member already checked (CVE-2025-4517 in data_filter before Python 3.11.13).
+            raise FetchError(f"{self.field}: tar member {info.name!r} is a link; archive the files themselves "
+                             "(tar -h follows links)")
+        if name in self.files or (info.isreg() and name in self._folders):
+            raise FetchError(f"{self.field}: tar member {info.name!r} appears twice")
         if not info.isreg():
-            self._skip = -(-info.size // BLOCK) * BLOCK  # a link or folder carries no data, as a rule
+            self._skip = -(-info.size // BLOCK) * BLOCK  # a folder carries no data, as a rule
         if info.isdir():
+            self._folders.add(name)
             target.mkdir(parents=True, exist_ok=True)
         elif info.isreg():
             self.unpacked += info.size
@@ -205,15 +221,8 @@ class TarStream:
             self._padding = (-info.size) % BLOCK
             if info.size == 0:
                 self._close_member()
-        elif info.issym():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(info.linkname, target)
-        elif info.islnk():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(self.root / os.path.normpath(info.linkname), target)
-            self.files[name] = target.stat().st_size
         else:
-            raise FetchError(f"{self.field}: tar member {info.name!r} is not a file, folder or link")
+            raise FetchError(f"{self.field}: tar member {info.name!r} is not a file or folder")
 
     def _close_member(self) -> None:
         member, self._member = self._member, None
@@ -227,6 +236,12 @@ class TarStream:
         self._skip = self._padding
         if self.on_file is not None:
             self.on_file(name, member.map)
+
+    def close(self) -> None:
+        """Let go of the file being written (a download that failed part-way)."""
+        if self._member is not None:
+            self._member.close()
+            self._member = None
 
     def finish(self) -> None:
         if self._member is not None or not self.ended:
@@ -283,6 +298,10 @@ class FileSink:
         self._handle = path.open("wb")
         self._head = b""
         self.size = 0
+        self.length_known = True  # a ranged download knows its size; one stream may not (announced())
+
+    def announced(self, length: Optional[int]) -> None:
+        self.length_known = length is not None
 
     def feed(self, data: memoryview) -> None:
         self.size += len(data)
@@ -294,8 +313,11 @@ class FileSink:
 
     def finish(self) -> None:
         self._handle.close()
-        if len(self._head) < 9 or self._head[8:9] != b"{":
-            return  # not a safetensors file: its announced length was its only proof
+        if len(self._head) < 9 or self._head[8:9] != b"{":  # not a safetensors file: its length is its only proof
+            if not self.length_known:
+                raise Incomplete(f"{self.field}: {self.path.name}: the server announced no length and the file is not "
+                                 "one whose end can be checked (safetensors or tar)")
+            return
         (length,) = struct.unpack("<Q", self._head[:8])
         with self.path.open("rb") as handle:  # just written: the header is in the page cache
             head = handle.read(8 + min(length, 100 * 1024 * 1024))
@@ -338,10 +360,16 @@ class AutoSink:
         self.kind: Optional[str] = None
         self.sha256 = hashlib.sha256()
         self.hashing = True
+        self._announced: Optional[int] = None
+        self._length_known = True
+
+    def announced(self, length: Optional[int]) -> None:
+        self._announced, self._length_known = length, length is not None
 
     def _choose(self) -> None:
         head = bytes(self._head)
-        if self.refuse_pickles and head.startswith(PICKLE_MAGIC):
+        # safetensors starts with its header's length (any first byte, 0x80 included) and then "{"
+        if self.refuse_pickles and head.startswith(PICKLE_MAGIC) and head[8:9] != b"{":
             raise FetchError(f"{self.field}: a pickle (a PyTorch .pt/.ckpt file), which is never loaded: "
                              "only .safetensors")
         if head[:2] == b"\x1f\x8b":
@@ -352,6 +380,7 @@ class AutoSink:
             self.inner, self.kind = self.tar, "tar"
         else:
             self.inner, self.kind = FileSink(self.file_path, self.field, self.max_unpacked), "file"
+            self.inner.length_known = self._length_known
 
     def feed(self, data: memoryview) -> None:
         if self.hashing:
@@ -365,6 +394,12 @@ class AutoSink:
             self.inner.feed(memoryview(head))  # type: ignore[union-attr]
             return
         self.inner.feed(data)
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+        if isinstance(self.inner, FileSink):
+            self.inner.close()
 
     def finish(self) -> None:
         if self.inner is None:

@@ -354,3 +354,138 @@ def test_a_pickle_is_refused_from_its_first_bytes(store, store_dir, tmp_path) ->
     with pytest.raises(FetchError, match="a pickle"):
         cache.fetch(f"{store.url}/lora.safetensors", tmp_path / "cache", policy(chunk_bytes=64 * 1024, concurrency=1))
     assert store.count() < 10  # refused on the first chunk, not after the 77 the file has
+
+
+# -- what a review found: each case a hostile or broken server could cause ------------------------
+
+def _tar_with(*members: tarfile.TarInfo, data: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for info in members:
+            archive.addfile(info, io.BytesIO((data or {}).get(info.name, b"")))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_links_in_a_tar_are_refused(store, store_dir, tmp_path, kind) -> None:
+    """Links are how a tar reaches out of its folder (CVE-2025-4517) or rewrites a checked member."""
+    first = tarfile.TarInfo("m/a.safetensors")
+    payload = safetensors_bytes()
+    first.size = len(payload)
+    link = tarfile.TarInfo("m/x")
+    link.type, link.linkname = kind, "a.safetensors" if kind == tarfile.SYMTYPE else "m/a.safetensors"
+    (store_dir / "links.tar").write_bytes(_tar_with(first, link, data={"m/a.safetensors": payload}))
+    with pytest.raises(FetchError, match="is a link"):
+        cache.fetch(f"{store.url}/links.tar", tmp_path / "cache", policy())
+
+
+def test_a_member_twice_is_refused(store, store_dir, tmp_path) -> None:
+    one, two = tarfile.TarInfo("m/a.bin"), tarfile.TarInfo("m/a.bin")
+    one.size = two.size = 3
+    (store_dir / "twice.tar").write_bytes(_tar_with(one, two, data={"m/a.bin": b"abc"}))
+    with pytest.raises(FetchError, match="appears twice"):
+        cache.fetch(f"{store.url}/twice.tar", tmp_path / "cache", policy())
+
+
+@pytest.mark.parametrize("record", [b"0 path=x\n", b"zz path=x\n", b"99 path=x\n"])
+def test_a_malformed_pax_header_is_refused_at_once(store, store_dir, tmp_path, record: bytes) -> None:
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(record)
+    body = tarfile.TarInfo("m/a.bin")
+    body.size = 1
+    (store_dir / "pax.tar").write_bytes(_tar_with(pax, body, data={"././@PaxHeader": record, "m/a.bin": b"a"}))
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="TEST_WEIGHTS: .*malformed tar extended header"):
+        cache.fetch(f"{store.url}/pax.tar", tmp_path / "cache", policy())
+    assert time.monotonic() - started < 5
+
+
+def test_a_redirect_body_is_never_read(store, store_dir) -> None:
+    (store_dir / "blob").write_bytes(b"b" * 1000)
+    store.faults.redirect["/hop"] = f"{store.url}/blob"
+    store.faults.redirect_body, store.faults.rate = 50_000_000, 10_000_000  # 5 s to read at its rate
+    started = time.monotonic()
+    assert fetch_memory(f"{store.url}/hop") == b"b" * 1000
+    assert time.monotonic() - started < 3
+
+
+def test_a_partial_answer_without_a_total_is_fetched_whole(store, store_dir) -> None:
+    data = os.urandom(300_000)
+    (store_dir / "blob").write_bytes(data)
+    store.faults.total_unknown = True
+    assert fetch_memory(f"{store.url}/blob", chunk_bytes=64 * 1024) == data
+
+
+def test_one_stream_resumed_past_a_503_keeps_every_byte(store, store_dir) -> None:
+    data = os.urandom(400_000)
+    (store_dir / "blob").write_bytes(data)
+    store.faults.ignore_range = True
+    store.faults.reset_after, store.faults.resets = 100_000, 1
+    store.faults.error_on = {2}  # the retry after the drop gets a 503 first
+    assert fetch_memory(f"{store.url}/blob") == data
+
+
+def test_a_consumer_that_fails_is_not_retried(store, store_dir) -> None:
+    (store_dir / "blob").write_bytes(b"c" * 1_000_000)
+
+    class Refusing:
+        def feed(self, data: memoryview) -> None:
+            raise FileExistsError("the staging file is there already")
+
+        def finish(self) -> None:
+            pass
+
+    with pytest.raises(FetchError, match="TEST_WEIGHTS: could not download .*the staging file is there already"):
+        download(f"{store.url}/blob", policy(concurrency=2, chunk_bytes=100_000), Refusing())
+    assert store.count() <= 6  # the probe and the workers' first chunks, not five retries of each
+
+
+def test_a_file_that_changes_during_the_download_is_never_stitched(store, store_dir, tmp_path) -> None:
+    import threading
+
+    (store_dir / "blob").write_bytes(os.urandom(2_000_000))
+    store.faults.rate = 2_000_000  # 1 s per connection for its chunks
+    threading.Timer(0.3, lambda: (store_dir / "blob").write_bytes(os.urandom(2_000_000))).start()
+    with pytest.raises(FetchError, match="changed or stopped honouring range requests"):
+        fetch_memory(f"{store.url}/blob", concurrency=2, chunk_bytes=250_000)
+
+
+def test_a_file_without_a_length_or_a_checkable_end_is_not_kept(store, store_dir, tmp_path) -> None:
+    (store_dir / "w.bin").write_bytes(b"\x01" * 5000)
+    store.faults.no_length, store.faults.ignore_range = True, True
+    with pytest.raises(Incomplete, match="announced no length"):
+        cache.fetch(f"{store.url}/w.bin", tmp_path / "cache", policy())
+
+
+def test_a_safetensors_header_length_that_looks_like_a_pickle_is_not_refused(store, store_dir, tmp_path) -> None:
+    for pad in range(300):  # find a header whose length's low byte is 0x80, the pickle marker
+        header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"p": "x" * pad}})
+        if len(header) % 256 == 0x80:
+            break
+    data = struct.pack("<Q", len(header)) + header.encode() + bytes(8)
+    assert data[:1] == b"\x80"
+    (store_dir / "odd.safetensors").write_bytes(data)
+    entry = cache.fetch(f"{store.url}/odd.safetensors", tmp_path / "cache", policy())
+    assert entry.path.read_bytes() == data
+
+
+def test_failed_tar_downloads_leave_no_open_files(store, store_dir, tmp_path) -> None:
+    payload = tar_of({"m/a.safetensors": safetensors_bytes(100_000)})
+    (store_dir / "w.tar").write_bytes(payload)
+    store.faults.no_length, store.faults.ignore_range, store.faults.truncate_at = True, True, len(payload) // 2
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(Incomplete):
+            cache.fetch(f"{store.url}/w.tar", tmp_path / "cache", policy())
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_an_entry_left_without_its_record_is_replaced(store, store_dir, tmp_path) -> None:
+    (store_dir / "w.tar").write_bytes(tar_of({"m/a.bin": b"new"}))
+    url = f"{store.url}/w.tar"
+    folder = tmp_path / "cache"
+    orphan = folder / f"{cache.entry_key(url)}-w"
+    orphan.mkdir(parents=True)
+    (orphan / "a.bin").write_bytes(b"old")  # a start that died between the rename and the record
+    entry = cache.fetch(url, folder, policy())
+    assert (entry.path / "a.bin").read_bytes() == b"new"

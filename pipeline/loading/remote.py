@@ -37,6 +37,9 @@ def is_url(setting: str) -> bool:
 
 def weights_policy(field: str) -> FetchPolicy:
     """The operator's URL: trusted (any address), parallel, within ``$WEIGHTS_FETCH_TIMEOUT_S``."""
+    for name in ("WEIGHTS_FETCH_CONCURRENCY", "WEIGHTS_FETCH_CHUNK_MB"):
+        if settings.get(name) <= 0:
+            raise settings.SettingError(f"${name}={settings.get(name)}: must be above 0")
     return FetchPolicy(
         field=field, trusted=True,
         deadline_s=float(settings.get("WEIGHTS_FETCH_TIMEOUT_S")),
