@@ -116,6 +116,15 @@ def _clear_staging(cache_dir: Path, key: str) -> None:
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
 
+def _hit_or_clear(cache_dir: Path, url: str, key: str) -> Optional[Entry]:
+    """Under the key's lock: the complete entry, or None with whatever was left for the key removed."""
+    found = lookup(cache_dir, url)
+    if found is None:
+        remove(cache_dir, key)
+        _clear_staging(cache_dir, key)
+    return found
+
+
 def _display_name(url: str) -> str:
     name = Path(urllib.parse.urlsplit(url).path).name or "download"
     for suffix in (".tar.gz", ".tgz", ".tar"):
@@ -132,11 +141,9 @@ def fetch(url: str, cache_dir: Path, policy: FetchPolicy, on_file: Optional[OnFi
     plain, expected = split_checksum(url)
     key = entry_key(url)
     with locked(cache_dir, key):
-        found = lookup(cache_dir, url)
+        found = _hit_or_clear(cache_dir, url, key)
         if found is not None:
             return found
-        remove(cache_dir, key)
-        _clear_staging(cache_dir, key)
         staging = cache_dir / f".staging-{key}-{os.getpid()}"
         sink = AutoSink(staging / "root", staging / "file", policy.field, policy.max_unpacked, on_file, refuse_pickles)
         sink.hashing = bool(expected) or hash_content
@@ -189,11 +196,9 @@ def fetch_manifest(url: str, cache_dir: Path, policy: FetchPolicy, on_file: Opti
     plain, expected = split_checksum(url)
     key = entry_key(url)
     with locked(cache_dir, key):
-        found = lookup(cache_dir, url)
+        found = _hit_or_clear(cache_dir, url, key)
         if found is not None:
             return found
-        remove(cache_dir, key)
-        _clear_staging(cache_dir, key)
         started = time.perf_counter()
         text = fetch_bytes(plain, policy.with_(max_bytes=1024 * 1024))
         if expected and hashlib.sha256(text).hexdigest() != expected:

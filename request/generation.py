@@ -18,6 +18,7 @@ from presets.video import MOTION_NAMES
 from request.catalog import DEFAULT_SCHEDULER, MODEL_NAMES, MODELS, OUTPUT_FORMATS, SCHEDULER_NAMES, ModelSpec
 from request.errors import InputError
 from request.fields import File, Flag, Int, Number, Text, parse
+from request.reference_image import short
 from request.scenes import MAX_SCENES, parse_scenes
 
 # Replicate's usual aspect ratios, mapped to SDXL's trained ~1 megapixel buckets (multiples of 64).
@@ -128,13 +129,13 @@ class GenerationRequest(BaseModel):
         if scenes and self.num_outputs != 1:
             raise InputError("num_outputs", self.num_outputs, "must be 1 with scenes (one image per scene)")
         if self.mask is not None and self.image is None:
-            raise InputError("mask", _shown(self.mask), "needs image: the picture whose white areas are repainted")
+            raise InputError("mask", short(str(self.mask)), "needs image: the picture whose white areas are repainted")
         if self.image is None and self.prompt_strength != DEFAULT_PROMPT_STRENGTH:
             raise InputError("prompt_strength", self.prompt_strength, "only applies with image")
         if not self.mask_keep_outside and self.mask is None:
             raise InputError("mask_keep_outside", False, "only applies with mask")
         if self.image is not None and scenes:
-            raise InputError("image", _shown(self.image), "not with scenes: a storyboard is made from text "
+            raise InputError("image", short(str(self.image)), "not with scenes: a storyboard is made from text "
                                                           "(use face_image to keep a character)")
         _check_loras(self)
         _check_video(self)
@@ -240,10 +241,3 @@ def check_model_options(request: GenerationRequest, spec: ModelSpec, ad_negative
     for name, value in (("width", request.width), ("height", request.height)):
         if value is not None and value % spec.size_multiple:
             raise InputError(name, value, f"a multiple of {spec.size_multiple} for {spec.name}")
-
-
-def _shown(value: Any) -> str:
-    """A file input as messages show it (a data: URI by its type and length, not its bytes)."""
-    text = str(value)
-    return f"{text.partition(',')[0]},<{len(text)} characters>" if text.startswith("data:") else text[:300]
-

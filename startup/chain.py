@@ -85,6 +85,8 @@ def _fetched_source(remote: RemoteWeights, setting: str, model: str) -> WeightsS
         entry = remote.wait()
     except FetchError as error:
         raise WeightsError(str(error)) from error
+    except OSError as error:  # the cache folder: not writable, or the disk full
+        raise WeightsError(f"{remote.field}: could not keep the download in $WEIGHTS_CACHE ({error})") from error
     return resolve_weights(setting, model=model, fetched=entry.path)
 
 

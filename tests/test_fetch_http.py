@@ -101,24 +101,31 @@ def test_a_half_delivered_tar_fails_setup_and_is_fetched_whole_next_time(store, 
         assert server.predict(prompt="x", width=64, height=64, num_inference_steps=2)["status"] == "succeeded"
 
 
-def test_a_slow_lora_server_is_abandoned_within_lora_timeout(predictor, tmp_path: Path, monkeypatch) -> None:
+def refused_lora(predictor, tmp_path: Path, monkeypatch, data: bytes, faults: Faults):  # type: ignore[no-untyped-def]
+    """The InputError a LoRA request gets for ``data`` served under ``faults`` (LoRA cache in tmp_path)."""
     from request.errors import InputError
     from tests.conftest import predict_inputs
 
-    folder = tmp_path / "drip"
+    folder = tmp_path / "loras"
     folder.mkdir()
-    (folder / "lora.safetensors").write_bytes(b"\x08" + bytes(7) + b"{}" + bytes(5000))
-    slow = serve_store(folder, Faults(rate=0, ttfb=0, drip=0.05))
+    (folder / "lora.safetensors").write_bytes(data)
+    store = serve_store(folder, faults)
     monkeypatch.setenv("LORA_ALLOW_PRIVATE_URLS", "1")
     monkeypatch.setenv("LORA_CACHE", str(tmp_path / "lora-cache"))
-    monkeypatch.setenv("LORA_TIMEOUT_S", "1.5")
-    started = time.monotonic()
     try:
         with pytest.raises(InputError) as caught:
-            predictor.predict(**predict_inputs(lora_weights=f"{slow.url}/lora.safetensors"))
+            predictor.predict(**predict_inputs(lora_weights=f"{store.url}/lora.safetensors"))
     finally:
-        slow.stop()
-    assert caught.value.field == "lora_weights" and "1.5 s deadline" in str(caught.value)
+        store.stop()
+    return caught.value
+
+
+def test_a_slow_lora_server_is_abandoned_within_lora_timeout(predictor, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LORA_TIMEOUT_S", "1.5")
+    started = time.monotonic()
+    error = refused_lora(predictor, tmp_path, monkeypatch, b"\x08" + bytes(7) + b"{}" + bytes(5000),
+                         Faults(rate=0, ttfb=0, drip=0.05))
+    assert error.field == "lora_weights" and "1.5 s deadline" in str(error)
     assert time.monotonic() - started < 4
     assert not list((tmp_path / "lora-cache").glob(".staging-*"))
 
@@ -127,22 +134,10 @@ def test_a_lora_header_with_string_offsets_is_refused_by_name(predictor, tmp_pat
     import json
     import struct
 
-    from request.errors import InputError
-    from tests.conftest import predict_inputs
-
-    folder = tmp_path / "odd"
-    folder.mkdir()
     header = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}).encode()
-    (folder / "lora.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
-    store = serve_store(folder, Faults(rate=0, ttfb=0))
-    monkeypatch.setenv("LORA_ALLOW_PRIVATE_URLS", "1")
-    monkeypatch.setenv("LORA_CACHE", str(tmp_path / "lora-cache"))
-    try:
-        with pytest.raises(InputError) as caught:
-            predictor.predict(**predict_inputs(lora_weights=f"{store.url}/lora.safetensors"))
-    finally:
-        store.stop()
-    assert caught.value.field == "lora_weights" and "malformed entry" in str(caught.value)
+    error = refused_lora(predictor, tmp_path, monkeypatch, struct.pack("<Q", len(header)) + header + bytes(4),
+                         Faults(rate=0, ttfb=0))
+    assert error.field == "lora_weights" and "malformed entry" in str(error)
 
 
 def test_an_image_url_over_the_cap_stops_at_the_cap(predictor, tmp_path: Path, monkeypatch) -> None:
