@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
 
-from netfetch.errors import Incomplete
+from netfetch.errors import Incomplete, TooSlow
 from netfetch.policy import FetchPolicy
 from netfetch.ranged import Transfer, download
 from netfetch.unpack import AutoSink, FileSink, OnFile
@@ -199,7 +199,7 @@ def fetch_manifest(url: str, cache_dir: Path, policy: FetchPolicy, on_file: Opti
         found = _hit_or_clear(cache_dir, url, key)
         if found is not None:
             return found
-        started = time.perf_counter()
+        started, end = time.perf_counter(), time.monotonic() + policy.deadline_s
         text = fetch_bytes(plain, policy.with_(max_bytes=1024 * 1024))
         if expected and hashlib.sha256(text).hexdigest() != expected:
             raise Incomplete(f"{policy.field}: the manifest failed its checksum")
@@ -222,8 +222,11 @@ def fetch_manifest(url: str, cache_dir: Path, policy: FetchPolicy, on_file: Opti
 
             if digest is not None:
                 sink.feed = hashed  # type: ignore[method-assign]
+            left = end - time.monotonic()  # one deadline for the whole manifest, every file within it
+            if left <= 0:
+                raise TooSlow(f"{policy.field}: {plain.split('?')[0]} not complete within its {policy.deadline_s:g} s deadline")
             try:
-                moved = download(line_url, policy, sink)
+                moved = download(line_url, policy.with_(deadline_s=left), sink)
             finally:
                 sink.close()
             if digest is not None and digest.hexdigest() != line_sha:
@@ -240,8 +243,14 @@ def fetch_manifest(url: str, cache_dir: Path, policy: FetchPolicy, on_file: Opti
         try:
             root.mkdir(parents=True)
             with ThreadPoolExecutor(4, thread_name_prefix="fetch-file") as pool:
-                for future in [pool.submit(one, line) for line in sorted(lines, key=lambda entry: entry.path)]:
-                    future.result()
+                futures = [pool.submit(one, line) for line in sorted(lines, key=lambda entry: entry.path)]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    for future in futures:  # the first failure ends the manifest: files not begun never start
+                        future.cancel()
+                    raise
             final, maps = _commit(cache_dir, key, root, f"{key}-{_display_name(plain)}", plain, None, total[0], maps)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -489,3 +489,25 @@ def test_an_entry_left_without_its_record_is_replaced(store, store_dir, tmp_path
     (orphan / "a.bin").write_bytes(b"old")  # a start that died between the rename and the record
     entry = cache.fetch(url, folder, policy())
     assert (entry.path / "a.bin").read_bytes() == b"new"
+
+
+def test_a_manifest_has_one_deadline_for_all_its_files(tmp_path) -> None:
+    """Eight dripping files, four fetched at a time: the manifest ends at its deadline, not after two
+    rounds of per-file deadlines."""
+    files, listing = tmp_path / "files", tmp_path / "listing"
+    files.mkdir()
+    listing.mkdir()
+    names = [f"f{i}.bin" for i in range(8)]
+    for name in names:
+        (files / name).write_bytes(b"d" * 5000)
+    dripping = serve(files, Faults(rate=0, ttfb=0, drip=0.01))  # 50 s a file
+    plain = serve(listing, Faults(rate=0, ttfb=0))
+    (listing / "w.manifest").write_text("".join(f"{dripping.url}/{name} {name}\n" for name in names))
+    started = time.monotonic()
+    try:
+        with pytest.raises(FetchError, match="deadline"):
+            cache.fetch_manifest(f"{plain.url}/w.manifest", tmp_path / "cache", policy(deadline_s=1.5))
+    finally:
+        dripping.stop()
+        plain.stop()
+    assert time.monotonic() - started < 2.5
