@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import settings
 
@@ -54,28 +54,28 @@ class TensorEntry:
     end: int
 
 
+def _header(read: Callable[[int, int], bytes], size: int) -> tuple[dict[str, Any], int]:
+    """The JSON header and data offset of a safetensors file of ``size`` bytes, read through
+    ``read(offset, count)`` (format: u64 header length, JSON, data). ValueError when the file cannot
+    hold what it claims."""
+    raw = read(0, 8)
+    if len(raw) != 8:
+        raise ValueError(f"too short for a safetensors header ({size} bytes)")
+    (length,) = struct.unpack("<Q", raw)
+    if length > size - 8:
+        raise ValueError(f"header length {length} exceeds file size {size}")
+    return json.loads(read(8, length)), 8 + length
+
+
 def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """A safetensors file's JSON header and the offset its tensor data starts at (format: u64
-    header length, JSON, data). ValueError when the file cannot hold what it claims."""
-    size = path.stat().st_size
+    """A safetensors file's JSON header and the offset its tensor data starts at."""
     with path.open("rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"too short for a safetensors header ({size} bytes)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > size - 8:
-            raise ValueError(f"header length {length} exceeds file size {size}")
-        return json.loads(handle.read(length)), 8 + length
+        return _header(lambda offset, count: os.pread(handle.fileno(), count, offset), os.fstat(handle.fileno()).st_size)
 
 
 def buffer_header(buffer: Any) -> tuple[dict[str, Any], int]:
     """``safetensors_header`` for a file's bytes in memory (a mapping the fetcher filled)."""
-    if len(buffer) < 8:
-        raise ValueError(f"too short for a safetensors header ({len(buffer)} bytes)")
-    (length,) = struct.unpack("<Q", buffer[:8])
-    if length > len(buffer) - 8:
-        raise ValueError(f"header length {length} exceeds file size {len(buffer)}")
-    return json.loads(bytes(buffer[8:8 + length])), 8 + length
+    return _header(lambda offset, count: bytes(buffer[offset:offset + count]), len(buffer))
 
 
 def read_header(path: Path, buffer: Optional[Any] = None) -> list[TensorEntry]:
