@@ -45,6 +45,7 @@ class Predictor(BasePredictor):
         model: Optional[str] = Input(default=None, description="Which model: sdxl, flux-dev or flux-schnell (those the operator has weights for). Empty: the operator's default.", choices=['sdxl', 'flux-dev', 'flux-schnell']),
         negative_prompt: str = Input(default='', description='What to steer away from.', max_length=10000),
         preset: str = Input(default='balanced', description='Quality preset: sets steps, guidance and IP-Adapter scale.', choices=['ultra_fast', 'fast', 'balanced', 'quality']),
+        go_fast: Optional[bool] = Input(default=None, description="Faster and lossy, as replicate/cog-flux's go_fast: fp8 matmuls (on GPUs with fp8 tensor cores) and compiled blocks. A size not compiled yet, or a request with a LoRA or face_image, runs the exact path. Empty: on for Flux, off for SDXL."),
         num_inference_steps: Optional[int] = Input(default=None, description='Denoising steps. Empty: from the preset.', ge=1, le=100),
         guidance_scale: Optional[float] = Input(default=None, description='Classifier-free guidance. Empty: from the preset.', ge=0.0, le=20.0),
         aspect_ratio: str = Input(default='1:1', description="Image shape at about one megapixel. 'custom' uses width and height.", choices=['1:1', '16:9', '21:9', '3:2', '2:3', '4:5', '5:4', '3:4', '4:3', '9:16', '9:21', 'custom']),

@@ -9,7 +9,10 @@ is reported too: it includes any CUDA-graph capture, which a new size costs once
 ``--ablate`` adds one service row per speed switch (``pipeline/configs/speed.json``) flipped from
 its default, each on a freshly loaded model, so every switch's contribution and deviation is
 measured in the same run (``--ablate a,b`` names the switches, in that row order);
-``--variant SPEED_X=v[,...]`` adds rows with any other settings. A variant that fails becomes a row
+``--variant SPEED_X=v[,...]`` adds rows with any other settings. ``--go-fast [RECIPE]`` adds a row with
+``go_fast=true`` after the defaults (its sizes compiled first, the compile's time reported), with two
+quality figures against ``go_fast=false`` for the same seed: the relative L2 error of one denoiser
+forward on the same inputs, and the final image's PSNR. A variant that fails becomes a row
 with its error, the other rows still run, and the exit status is 1. The JSON and the markdown table
 are rewritten after every row, so a run stopped at a device's time limit keeps the rows it finished.
 
@@ -17,7 +20,7 @@ GPU (full-size random weights):
     python tests/fixtures/make_weights.py --size full --out weights/sdxl-full
     python bench/bench_generation.py --model sdxl --weights weights/sdxl-full --cases 1024x1024x20,768x768x15 --ablate
     python tests/fixtures/make_flux.py --variant dev --out weights/flux-dev-full
-    python bench/bench_generation.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28 --ablate
+    python bench/bench_generation.py --model flux-dev --weights weights/flux-dev-full --cases 1024x1024x28 --go-fast
     python tests/fixtures/make_flux.py --variant schnell --out weights/flux-schnell-full
     python bench/bench_generation.py --model flux-schnell --weights weights/flux-schnell-full --cases 1024x1024x4
 CPU smoke run (tiny weights; the figures mean nothing for a GPU):
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -91,8 +95,8 @@ def ablation(device: str, pipeline_class: str) -> list[str]:
     defaults = speed_settings(device, env={})
     variants = []
     for name, off in OFF.items():
-        if pipeline_class not in table[name].get("models", [pipeline_class]):
-            continue
+        if pipeline_class not in table[name].get("models", [pipeline_class]) or not table[name].get("ablate", True):
+            continue  # go_fast's switches change only go_fast requests: the --go-fast row measures them
         current = getattr(defaults, name)
         if isinstance(off, bool):
             variants.append(f"{ENV_PREFIX}{name.upper()}={0 if current else 1}")
@@ -122,10 +126,44 @@ def log_failure(variant: str, error: BaseException) -> None:
     traceback.print_exception(error, file=sys.stderr)
 
 
+def denoiser_error(model: Any, request: Any, settings: Any, seed: int) -> float:
+    """Relative L2 error of one go_fast denoiser forward against the exact one, on the inputs the
+    exact denoiser saw at the first step of a generation with this seed."""
+    import torch
+
+    from pipeline.generate import Batch, generate
+
+    exact = model.fast.family.denoiser(model.pipe)
+    seen: dict[str, Any] = {}
+
+    def record(module: Any, args: tuple, kwargs: dict) -> None:
+        if not seen:
+            seen.update(args=args, kwargs=kwargs)
+
+    handle = exact.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        generate(model, Batch([PROMPT], 1, seed), request, dataclasses.replace(settings, num_inference_steps=1))
+    finally:
+        handle.remove()
+    with torch.inference_mode(), torch.compiler.set_stance("eager_on_recompile"):
+        reference = exact(*seen["args"], **{**seen["kwargs"], "return_dict": False})[0].float()
+        approx = model.fast.denoiser()(*seen["args"], **{**seen["kwargs"], "return_dict": False})[0].float()
+    return float((approx - reference).norm() / reference.norm())
+
+
+def psnr(a: Any, b: Any) -> float:
+    import numpy as np
+
+    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
+
+
 def service_rows(service: Any, variant: str, overrides: dict[str, str], args: argparse.Namespace, cases: list[tuple[int, int, int]],
                  plain: dict[tuple, dict], guidance: float, cuda: bool, sync: Callable[[], None],
-                 peak_gb: Callable[[], float], reset_peak: Callable[[], None]) -> list[dict[str, Any]]:
-    """The service's rows for one variant, on a model loaded fresh with its settings."""
+                 peak_gb: Callable[[], float], reset_peak: Callable[[], None],
+                 exact_images: Optional[dict[tuple, Any]] = None) -> list[dict[str, Any]]:
+    """The service's rows for one variant, on a model loaded fresh with its settings. ``go_fast``
+    variants compile their sizes first and are compared with ``exact_images`` (the defaults row's)."""
     import numpy as np
 
     from pipeline.generate import Batch, generate
@@ -134,23 +172,40 @@ def service_rows(service: Any, variant: str, overrides: dict[str, str], args: ar
     from presets import resolve
     from request.generation import parse_request
 
+    go_fast = variant.startswith("go_fast")
     with environment(overrides):
         for model_id in MODEL_CACHE.ids():
             MODEL_CACHE.evict(model_id)
         release_memory()
         model = load_source(service.default_source, service.backend)
+        compile_s = None
+        if go_fast:
+            if model.fast is None:
+                raise RuntimeError(f"go_fast has no recipe here ({model.speed.describe()})")
+            shapes = [model.fast.shape(w, h, 1, guidance) for w, h, _ in cases]
+            started = time.perf_counter()
+            model.fast.start(shapes)
+            if not model.fast.wait(shapes, 1800):
+                raise RuntimeError(f"go_fast did not compile: {model.fast.error or 'timed out'}")
+            compile_s = time.perf_counter() - started
     rows = []
     for width, height, steps in cases:
         request = parse_request({"prompt": PROMPT, "width": width, "height": height, "seed": args.seed, "model": args.model})
         settings = resolve(args.model, "balanced", num_inference_steps=steps, guidance_scale=guidance)
         reset_peak()
-        run = lambda: generate(model, Batch([PROMPT], 1, args.seed), request, settings).images[0]  # noqa: E731
+        paths = []
+
+        def run() -> Any:
+            result = generate(model, Batch([PROMPT], 1, args.seed), request, settings, go_fast=go_fast)
+            paths.append(result.fast_path)
+            return result.images[0]
+
         times, image, first = timed_runs(run, args.runs, sync)
         syncs = count_host_syncs(run, cuda)
         base = plain[(width, height, steps)]
         plain_median, service_median = statistics.median(base["times"]), statistics.median(times)
         difference = np.abs(np.asarray(image).astype(int) - base["image"])
-        rows.append({
+        row = {
             "model": args.model, "variant": variant, "speed": model.speed.describe(),
             "width": width, "height": height, "steps": steps, "runs": args.runs,
             "plain_median_s": plain_median, "service_median_s": service_median,
@@ -159,7 +214,15 @@ def service_rows(service: Any, variant: str, overrides: dict[str, str], args: ar
             "plain_peak_gb": base["peak_gb"], "service_peak_gb": peak_gb(),
             "max_abs_pixel_diff": int(difference.max()), "mean_abs_pixel_diff": float(difference.mean()),
             "host_syncs_per_image": syncs, "plain_times": base["times"], "service_times": times,
-        })
+            "fast_paths": sorted(set(paths)),
+        }
+        if exact_images is not None and not go_fast:
+            exact_images[(width, height, steps)] = np.asarray(image).astype(int)
+        if go_fast:
+            row.update(compile_s=compile_s, fp8_layers=model.fast.fp8_layers, recipe=model.fast.name,
+                       denoiser_rel_l2=denoiser_error(model, request, settings, args.seed),
+                       psnr_vs_exact_db=psnr(image, exact_images[(width, height, steps)]) if exact_images else None)
+        rows.append(row)
     return rows
 
 
@@ -179,6 +242,12 @@ def write_results(args: argparse.Namespace, device_name: str, rows: list[dict[st
                      f"{r['plain_peak_gb']:.1f} / {r['service_peak_gb']:.1f} | "
                      f"{r['max_abs_pixel_diff']} / {r['mean_abs_pixel_diff']:.2f} | "
                      f"{'–' if r['host_syncs_per_image'] is None else r['host_syncs_per_image']} |")
+    for r in rows:
+        if "recipe" in r:
+            lines.append(f"\n{r['variant']} ({r['recipe']}) at {r['width']}x{r['height']}: compiled in {r['compile_s']:.1f} s "
+                         f"before timing, {r['fp8_layers']} Linear layers in fp8; against go_fast=false, same seed: "
+                         f"one denoiser forward's relative L2 error {r['denoiser_rel_l2']:.4f}, image PSNR "
+                         f"{r['psnr_vs_exact_db']:.1f} dB; ran on {', '.join(r['fast_paths'])}.")
     defaults = next((r for r in rows if r["variant"] == "defaults" and "speed" in r), None)
     if defaults:
         lines += ["", f"Service defaults on this device: {defaults['speed']}."]
@@ -202,6 +271,8 @@ def main() -> None:
                         help="add a row per speed switch flipped from its default (all, or the switches named); "
                              "on a 10-minute device call, split a Flux ablation into groups")
     parser.add_argument("--variant", action="append", default=[], help="SPEED_X=v[,...]: add a service row with these settings")
+    parser.add_argument("--go-fast", nargs="?", const="auto", default=None, metavar="RECIPE",
+                        help="add a go_fast=true row after the defaults (auto, fp8 or compile)")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]
 
@@ -241,6 +312,8 @@ def main() -> None:
 
     # 2. the service: its defaults, then each variant on a freshly loaded model
     os.environ["DEFAULT_MODEL"] = args.model
+    # no background compile beside the timed rows: the --go-fast row turns go_fast on for itself
+    os.environ["SPEED_GO_FAST"] = "off"
     from startup.chain import run_startup
 
     service = run_startup(args.weights)
@@ -248,13 +321,22 @@ def main() -> None:
     if args.ablate and args.ablate != "all":
         wanted = [f"SPEED_{name.strip().upper()}" for name in args.ablate.split(",")]
         flipped = [variant for name in wanted for variant in flipped if variant.split("=")[0] == name]  # in the order named
-    variants = ["defaults"] + flipped + args.variant
+    sizes = ",".join(f"{w}x{h}" for w, h, _ in cases)
+    go_fast_rows = [f"go_fast={args.go_fast}"] if args.go_fast else []
+    variants = ["defaults"] + go_fast_rows + flipped + args.variant
     name = torch.cuda.get_device_name() if cuda else "cpu"
     rows: list[dict[str, Any]] = []
+    exact_images: dict[tuple, Any] = {}  # the defaults row's images: go_fast's quality is measured against them
     for variant in variants:
-        overrides = {} if variant == "defaults" else dict(item.split("=", 1) for item in variant.split(","))
+        if variant == "defaults":
+            overrides = {}
+        elif variant.startswith("go_fast="):
+            overrides = {"SPEED_GO_FAST": variant.split("=", 1)[1], "GO_FAST_SIZES": sizes}
+        else:
+            overrides = dict(item.split("=", 1) for item in variant.split(","))
         try:
-            rows += service_rows(service, variant, overrides, args, cases, plain, guidance, cuda, sync, peak_gb, reset_peak)
+            rows += service_rows(service, variant, overrides, args, cases, plain, guidance, cuda, sync, peak_gb, reset_peak,
+                                 exact_images)
         except Exception as error:  # noqa: BLE001 - one switch failing must not lose the others' rows
             log_failure(variant, error)
             rows.append({"model": args.model, "variant": variant, "error": f"{type(error).__name__}: {error}"[:2000]})

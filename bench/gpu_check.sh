@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device command per PART: every CUDA path and speed target, checked on a bare H100/H200.
 #
-#   bench/gpu_check.sh sdxl|flux|extras|features  on the device (after bench/gpu_wheels.sh here)
+#   bench/gpu_check.sh sdxl|flux|fast|extras|features  on the device (after bench/gpu_wheels.sh here)
 #   GPU_CHECK_REHEARSAL=1 bench/gpu_check.sh P  the same sequence on the CPU with tiny weights
 #   bench/gpu_check.sh --rehearsal-venv DIR     make a Python 3.12 venv with the device's versions
 #
@@ -34,8 +34,8 @@ if [ "${1:-}" = "--rehearsal-venv" ]; then
   exit 0
 fi
 
-PART="${1:?usage: gpu_check.sh sdxl|flux|extras|features}"
-case "$PART" in sdxl|flux|extras|features) ;; *) echo "unknown part $PART: sdxl, flux, extras or features" >&2; exit 2 ;; esac
+PART="${1:?usage: gpu_check.sh sdxl|flux|fast|extras|features}"
+case "$PART" in sdxl|flux|fast|extras|features) ;; *) echo "unknown part $PART: sdxl, flux, fast, extras or features" >&2; exit 2 ;; esac
 REHEARSAL="${GPU_CHECK_REHEARSAL:-0}"
 WORK="${GPU_CHECK_WORK:-/tmp/gpu-check}"
 OUT="${OUT:-$WORK/out}"
@@ -50,11 +50,13 @@ if [ "$REHEARSAL" = 1 ]; then
   DEVICE=cpu; SDXL_SIZE=tiny; FLUX_DEV=tiny; FLUX_SCHNELL=tiny-schnell; ADAPTER_SIZE=tiny
   SDXL_CASES=64x64x2,128x128x2; SDXL_CASE=64x64x2; FLUX_CASE=64x64x2; SCHNELL_CASE=64x64x4; RUNS=1; ABLATE_RUNS=1; IMAGE_SIZE=128
   LORA_RANKS=4; SAFETY_FLAGS=--tiny; SVD_SIZE=tiny; VIDEO_FLAGS="--scenes 2 --preset ultra_fast"
+  GO_FAST_RECIPE=compile  # no fp8 tensor cores on a CPU: the compile alone, through inductor as on the GPU
   export CUDA_VISIBLE_DEVICES=""  # a rehearsal never touches a GPU, even on a machine with one
 else
   DEVICE=cuda; SDXL_SIZE=full; FLUX_DEV=dev; FLUX_SCHNELL=schnell; ADAPTER_SIZE=full
   SDXL_CASES=1024x1024x20,768x768x15; SDXL_CASE=1024x1024x20; FLUX_CASE=1024x1024x28; SCHNELL_CASE=1024x1024x4
   RUNS=5; ABLATE_RUNS=3; IMAGE_SIZE=1024; LORA_RANKS=16,64; SAFETY_FLAGS=; SVD_SIZE=full; VIDEO_FLAGS=
+  GO_FAST_RECIPE=auto
 fi
 W="$WORK/weights"
 SDXL_W="$W/sdxl-$SDXL_SIZE"; FLUX_W="$W/flux-$FLUX_DEV"; SCHNELL_W="$W/flux-$FLUX_SCHNELL"; ADAPTER_W="$W/ip-adapter-$ADAPTER_SIZE"
@@ -162,10 +164,10 @@ sdxl_ablation() {
     --ablate fuse_qkv,channels_last,cuda_graphs,vae_decode,attention --out "$STEP_DIR"
 }
 flux_generation() {
-  # plain against the defaults, the two lossy opt-in rows, then the exact switches (rows in this order,
-  # each written as it finishes); attention kernel order is left to SDXL's rows
+  # plain against the defaults, the lossy opt-in row, then the exact switches (rows in this order,
+  # each written as it finishes); attention kernel order is left to SDXL's rows; go_fast is the fast part's
   "$PYTHON" bench/bench_generation.py --model flux-dev --weights "$FLUX_W" --cases "$FLUX_CASE" --runs "$ABLATE_RUNS" \
-    --ablate step_cache,fp8_matmul,cuda_graphs,fuse_qkv,channels_last --out "$STEP_DIR"
+    --ablate step_cache,cuda_graphs,fuse_qkv,channels_last --out "$STEP_DIR"
 }
 flux_schnell() {
   "$PYTHON" bench/bench_generation.py --model flux-schnell --weights "$SCHNELL_W" --cases "$SCHNELL_CASE" --runs "$RUNS" --out "$STEP_DIR"
@@ -206,10 +208,36 @@ extras_compile() {
   COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" bench/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
+# the fast part (issue #26): plain diffusers, go_fast=false and go_fast=true in one run per model,
+# with peak memory, the denoiser's relative L2 error and the image's PSNR against go_fast=false
+fast_flux_dev() {
+  "$PYTHON" bench/bench_generation.py --model flux-dev --weights "$FLUX_W" --cases "$FLUX_CASE" --runs "$ABLATE_RUNS" \
+    --go-fast "$GO_FAST_RECIPE" --out "$STEP_DIR"
+}
+fast_schnell() {
+  "$PYTHON" bench/bench_generation.py --model flux-schnell --weights "$SCHNELL_W" --cases "$SCHNELL_CASE" --runs "$ABLATE_RUNS" \
+    --go-fast "$GO_FAST_RECIPE" --out "$STEP_DIR"
+}
+fast_sdxl_weights() {
+  # the disk holds one family: Flux goes before SDXL is drawn
+  rm -rf "${W:?}"/flux-*
+  sdxl_weights
+}
+fast_sdxl() {
+  "$PYTHON" bench/bench_generation.py --model sdxl --weights "$SDXL_W" --cases "$SDXL_CASES" --runs "$ABLATE_RUNS" \
+    --go-fast "$GO_FAST_RECIPE" --out "$STEP_DIR"
+}
+fast_artifact() {
+  # build the compile artifact from nothing, then a fresh process restores it: compile time both ways,
+  # spawn -> READY and spawn -> first go_fast image with the artifact
+  COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" bench/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
+    --cases "$SDXL_CASE" --out "$STEP_DIR"
+}
 export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_url_coldstart sdxl_imports sdxl_bytecode sdxl_ablation \
-  flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_safety features_video extras_adetailer extras_compile
+  flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_safety features_video extras_adetailer extras_compile \
+  fast_flux_dev fast_schnell fast_sdxl_weights fast_sdxl fast_artifact
 export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
-  SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS SAFETY_FLAGS SVD_SIZE VIDEO_FLAGS
+  SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS SAFETY_FLAGS SVD_SIZE VIDEO_FLAGS GO_FAST_RECIPE
 
 # 2. The part's steps, most valuable first.
 step environment 60 environment
@@ -229,6 +257,15 @@ case "$PART" in
     step generation 220 flux_generation
     step schnell 90 flux_schnell
     step coldstart 150 flux_coldstart
+    ;;
+  fast)
+    # go_fast, in order of value; one device command of at most 7 minutes (GPU_CHECK_DEADLINE_S=420)
+    step weights 200 flux_weights
+    step flux_dev 180 fast_flux_dev
+    step schnell 90 fast_schnell
+    step sdxl_weights 60 fast_sdxl_weights
+    step sdxl 150 fast_sdxl
+    step artifact 200 fast_artifact
     ;;
   extras)
     step weights 240 sdxl_weights

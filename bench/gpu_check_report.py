@@ -46,6 +46,8 @@ def url_ready_over_cap_time(result: dict[str, Any]) -> Optional[float]:
     return ready["url_ready_s"] / (result["tar_bytes"] / (result["total_mb_s"] * 1e6))
 
 
+GO_FAST = "go_fast=auto"
+
 TARGETS: list[tuple[str, str, str, Reader, str, float]] = [
     ("sdxl", "SDXL READY − `import torch` (warm cache)", "coldstart", ready_over_floor, "<=", 2.0),
     ("sdxl", "SDXL READY from a URL ÷ (size ÷ the harness's cap)", "url_coldstart", url_ready_over_cap_time, "<=", 1.2),
@@ -55,6 +57,15 @@ TARGETS: list[tuple[str, str, str, Reader, str, float]] = [
     ("flux", "Flux-dev 1024²/28 s per image", "generation", generation_row(1024, 1024, 28, "service_median_s"), "<=", 2.5),
     ("flux", "Flux-schnell 1024²/4 s per image", "schnell", generation_row(1024, 1024, 4, "service_median_s"), "<=", 0.5),
     ("flux", "Flux-dev READY − `import torch` (warm cache)", "coldstart", ready_over_floor, "<=", 5.0),
+    # issue #26, go_fast (the rows of bench_generation.py --go-fast: "defaults" is go_fast=false)
+    ("fast", "Flux-dev 1024²/28 go_fast s per image", "flux_dev", generation_row(1024, 1024, 28, "service_median_s", GO_FAST), "<=", 2.3),
+    ("fast", "Flux-dev 1024²/28 go_fast speed-up over plain", "flux_dev", generation_row(1024, 1024, 28, "speedup", GO_FAST), ">=", 2.2),
+    ("fast", "Flux-dev 1024²/28 go_fast peak GB", "flux_dev", generation_row(1024, 1024, 28, "service_peak_gb", GO_FAST), "<=", 24.0),
+    ("fast", "Flux-dev 1024²/28 lossless s per image", "flux_dev", generation_row(1024, 1024, 28, "service_median_s"), "<=", 3.9),
+    ("fast", "Flux-schnell 1024²/4 go_fast s per image", "schnell", generation_row(1024, 1024, 4, "service_median_s", GO_FAST), "<=", 0.40),
+    ("fast", "Flux-schnell 1024²/4 lossless s per image", "schnell", generation_row(1024, 1024, 4, "service_median_s"), "<=", 0.65),
+    ("fast", "SDXL 1024²/20 go_fast s per image", "sdxl", generation_row(1024, 1024, 20, "service_median_s", GO_FAST), "<=", 0.60),
+    ("fast", "SDXL 1024²/20 lossless s per image", "sdxl", generation_row(1024, 1024, 20, "service_median_s"), "<=", 0.80),
 ]
 
 

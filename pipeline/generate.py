@@ -49,6 +49,7 @@ class GenerationResult:
     images: list[Any]
     seconds: float
     steps: int
+    fast_path: str = "exact"  # what denoised: "exact", or the go_fast recipe that ran ("fp8+compile", "compile")
 
     @property
     def seconds_per_step(self) -> float:
@@ -79,13 +80,41 @@ def generate(
     settings: EffectiveSettings,
     ip_adapter: Optional[dict[str, Any]] = None,
     start: Optional[ImageInputs] = None,
+    go_fast: bool = False,
+    warm_up: bool = False,
 ) -> GenerationResult:
     """Run the denoising loop for ``batch`` with the request's size and sampler and the merged preset,
-    from text, or from ``start`` (the caller's image, and mask) when given."""
+    from text, or from ``start`` (the caller's image, and mask) when given. ``go_fast``: on the
+    model's fast denoiser where it is compiled for this size (``pipeline.fast_path``), else exactly
+    as without it. ``warm_up``: the fast path's own compiling call: no progress lines, no decode."""
+    kind = "text" if start is None else start.kind
+    plain_text = not ip_adapter and kind == "text" and not model.active_loras
+    exact_runner = model.graphs if plain_text else None  # graphs are of the plain text model's kernels
+    fast = model.fast if go_fast else None
+    if fast is not None and not warm_up and (ip_adapter or model.active_loras):
+        # a request's LoRA layers and IP-Adapter processors sit on the exact denoiser: those run there
+        log.info("go_fast: a request with a LoRA or face_image runs the exact weights")
+        fast = None
+    if fast is None:
+        return _generate(model, pipeline_for(model, kind), kind, batch, request, settings, ip_adapter, start, warm_up,
+                         exact_runner, "exact")
+    with fast.use(kind, fast.shape(request.width, request.height, batch.size, settings.guidance_scale)) as taken:
+        if taken is None:
+            log.info("go_fast: not compiled for %dx%d yet (compiling in the background): the exact path this time",
+                     request.width, request.height)
+            return _generate(model, pipeline_for(model, kind), kind, batch, request, settings, ip_adapter, start,
+                             warm_up, exact_runner, "exact")
+        pipe, graphs = taken
+        return _generate(model, pipe, kind, batch, request, settings, ip_adapter, start, warm_up,
+                         graphs if kind == "text" else None, fast.name)
+
+
+def _generate(model: LoadedModel, pipe: Any, kind: str, batch: Batch, request: GenerationRequest,
+              settings: EffectiveSettings, ip_adapter: Optional[dict[str, Any]], start: Optional[ImageInputs],
+              warm_up: bool, runner: Optional[Any], fast_path: str) -> GenerationResult:
     import torch
 
-    kind = "text" if start is None else start.kind
-    pipe = pipeline_for(model, kind)
+    level = logging.DEBUG if warm_up else logging.INFO
     if model.spec.schedulers:
         pipe.scheduler = make_scheduler(request.scheduler, model.base_scheduler_config)
     steps = settings.num_inference_steps
@@ -99,11 +128,12 @@ def generate(
         options.update(image=start.image, strength=start.strength)
         if start.mask is not None:
             options["mask_image"] = start.mask
-    log.info(
-        "%s%s %d image(s) %dx%d with %s (%s), %s",
+    log.log(
+        level, "%s%s %d image(s) %dx%d with %s (%s), %s%s",
         f"{batch.label}: " if batch.label else "", {"text": "generating", "img2img": "img2img:", "inpaint": "inpainting"}[kind],
         batch.size, request.width, request.height, model.spec.name,
         request.scheduler if model.spec.schedulers else "flow-matching Euler", settings.describe(),
+        "" if fast_path == "exact" else f", go_fast ({fast_path})",
     )
     if "width" in inspect.signature(pipe.__call__).parameters:  # SDXL img2img takes its size from the image
         options.update(width=request.width, height=request.height)
@@ -113,10 +143,7 @@ def generate(
     speed = model.speed
     # Our own bf16 decode replaces diffusers' fp32 one (SDXL only: pipeline.speed.settings's data says so).
     own_decode = speed.vae_decode == "bfloat16"
-    # The adapter's processors and a request's LoRA layers are per request: graphs were captured without
-    # them and are kept for the plain text model only (pipeline.lora.adapters).
-    runner = model.graphs if not ip_adapter and kind == "text" and not model.active_loras else None
-    progress = StepProgress(steps, batch.label)
+    progress = StepProgress(steps, batch.label, quiet=warm_up)
     started = time.perf_counter()
     with torch.inference_mode(), attention_kernels(speed), graphed(pipe, runner):
         output = pipe(
@@ -126,16 +153,17 @@ def generate(
             num_images_per_prompt=batch.images_per_prompt,
             generator=generators_for(batch.first_seed, batch.size),
             callback_on_step_end=progress,
-            output_type="latent" if own_decode else "pil",
+            output_type="latent" if own_decode or warm_up else "pil",
             **options,
         )
-        images = decode_bf16(pipe, output.images) if own_decode else list(output.images)
-    if kind == "inpaint" and start.keep_outside:
+        images = [] if warm_up else decode_bf16(pipe, output.images) if own_decode else list(output.images)
+    if kind == "inpaint" and start.keep_outside and not warm_up:
         # outside the mask, the caller's own pixels, byte for byte (the model's are a VAE round-trip)
         images = [Image.composite(image, start.image, start.mask) for image in images]
     seconds = time.perf_counter() - started
     if model.profile is not None:
         cleanup_after_image(model.profile, pipe.device.type)
-    result = GenerationResult(images=images, seconds=seconds, steps=progress.steps_done)
-    log.info("%sgenerated in %.2f s (%.3f s/step)", f"{batch.label}: " if batch.label else "", seconds, result.seconds_per_step)
+    result = GenerationResult(images=images, seconds=seconds, steps=progress.steps_done, fast_path=fast_path)
+    log.log(level, "%sgenerated in %.2f s (%.3f s/step)", f"{batch.label}: " if batch.label else "", seconds,
+            result.seconds_per_step)
     return result

@@ -40,6 +40,7 @@ class LoadedModel:
     profile: Optional[Profile] = None  # the hardware profile it was loaded under
     speed: SpeedSettings = SpeedSettings()  # generation speed switches in force (pipeline.speed.settings)
     graphs: Optional[Any] = None  # the denoiser's CUDA graphs (pipeline.speed.cuda_graphs), when in use
+    fast: Optional[Any] = None  # the go_fast denoiser beside the exact one (pipeline.fast_path.FastPath), if any
     # LoRA adapters loaded on the pipeline, least recently used first (name -> URL), and those switched on
     # for the request running now (pipeline.lora.adapters); none is on between requests
     loras: "OrderedDict[str, str]" = field(default_factory=OrderedDict, repr=False, compare=False)

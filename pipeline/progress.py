@@ -28,8 +28,9 @@ class StepProgress:
     ``steps x strength`` of them), read when the first step ends; ``total_steps`` is the fallback.
     """
 
-    def __init__(self, total_steps: int, label: str = "") -> None:
+    def __init__(self, total_steps: int, label: str = "", quiet: bool = False) -> None:
         self.total_steps = total_steps
+        self.quiet = quiet  # count steps without a line (a background warm-up must not move a caller's bar)
         self.label = f"{label} " if label else ""
         self.started = time.perf_counter()
         self._last = self.started
@@ -39,8 +40,9 @@ class StepProgress:
         now = time.perf_counter()
         total = getattr(pipe, "_num_timesteps", None) or self.total_steps
         self.steps_done = step + 1
-        line = tqdm.format_meter(self.steps_done, total, now - self.started,
-                                 postfix=f"{self.label}step {self.steps_done}/{total} {now - self._last:.3f} s")
-        log.info("%s", line)
+        if not self.quiet:
+            line = tqdm.format_meter(self.steps_done, total, now - self.started,
+                                     postfix=f"{self.label}step {self.steps_done}/{total} {now - self._last:.3f} s")
+            log.info("%s", line)
         self._last = now
         return callback_kwargs

@@ -9,6 +9,7 @@ import settings
 from hardware.backend import Backend
 from hardware.memory import free_gpu_bytes
 from pipeline.families import family_for
+from pipeline.fast_path import fast_path_for
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.loading.component_build import weight_files
 from pipeline.loading.weights import configured_weights, resolve_weights
@@ -36,10 +37,12 @@ def weight_bytes(source: WeightsSource) -> int:
 
 
 def with_speedups(model: LoadedModel, backend: Backend) -> LoadedModel:
-    """Apply the speed settings this model is eligible for (``speed_for_model``) right after its load."""
+    """Apply the speed settings this model is eligible for (``speed_for_model``) right after its load;
+    its go_fast path is only declared here (it builds in the background, ``pipeline.fast_path``)."""
     speed = speed_for_model(backend.device, model.spec.pipeline_class, model.profile or backend.settings)
-    model.graphs = apply_speedups(model.pipe, speed, model.source.model, backend.device)
+    model.graphs = apply_speedups(model.pipe, speed)
     model.speed = speed
+    model.fast = fast_path_for(model)
     log.info("%s speed settings: %s", model.source.model, speed.describe())
     return model
 

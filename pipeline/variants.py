@@ -1,17 +1,34 @@
-"""The img2img and inpaint pipelines of a loaded model, built on its components with ``from_pipe``.
+"""Pipelines built on a loaded model's very modules: its img2img and inpaint variants, and go_fast's.
 
-``from_pipe`` hands the new pipeline the very same modules, so there is never a second copy of the
-weights. Each variant is built once, on first use, and kept in the model cache under an id that
-embeds the model's, so evicting the model evicts its variants too. A request's image inputs and
-ADetailer's passes share the one inpaint pipeline.
+``on_same_modules`` hands the new pipeline the very same modules, so there is never a second copy of
+the weights, and casts nothing. diffusers' ``from_pipe`` would do the first but not the second: it
+ends with ``new_pipeline.to(dtype=...)``, float32 when no dtype is given, which converts the shared
+modules of the original pipeline too (a bf16 model would become fp32; fp8-stored or bitsandbytes
+weights would be re-cast). Each variant is built once, on first use, and kept in the model cache
+under an id that embeds the model's, so evicting the model evicts its variants too. A request's
+image inputs and ADetailer's passes share the one inpaint pipeline.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.models import LoadedModel
+
+
+def on_same_modules(pipeline_class: Any, source: Any, **overrides: Any) -> Any:
+    """A ``pipeline_class`` on ``source``'s components (``overrides`` replace some), with ``source``'s
+    non-module options (SDXL's ``force_zeros_for_empty_prompt``...) where the class takes them."""
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    components = {**source.components, **overrides}
+    options = {name: value for name, value in source.config.items()
+               if name in parameters and name not in components and not name.startswith("_")
+               and not isinstance(value, (list, tuple))}  # a list in the config names a component's class
+    pipe = pipeline_class(**{name: value for name, value in components.items() if name in parameters}, **options)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def pipeline_for(model: LoadedModel, kind: str) -> Any:
@@ -23,9 +40,7 @@ def pipeline_for(model: LoadedModel, kind: str) -> Any:
     def build() -> Any:
         import diffusers
 
-        pipe = getattr(diffusers, class_name).from_pipe(model.pipe)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return on_same_modules(getattr(diffusers, class_name), model.pipe)
 
     with model.lock:
         return MODEL_CACHE.get_or_load(f"{kind}:{model.source.model_id}", build)

@@ -25,6 +25,7 @@ class ModelSpec:
     size_multiple: int  # width/height must be multiples of this
     family: str  # its family module (pipeline.families): how it loads, its denoiser, LoRA and IP-Adapter
     pipeline_module: str  # where pipeline_class lives: imported on its own in the imports stage
+    go_fast_default: bool  # the go_fast input's default: replicate/cog-flux's for Flux; off for SDXL until measured faster
 
 
 MODELS: Mapping[str, ModelSpec] = {
@@ -32,7 +33,7 @@ MODELS: Mapping[str, ModelSpec] = {
         "sdxl", "StableDiffusionXLPipeline", "SDXL_WEIGHTS", single_file=True, negative_prompt=True,
         schedulers=True, ip_adapter=True, img2img_pipeline_class="StableDiffusionXLImg2ImgPipeline",
         inpaint_pipeline_class="StableDiffusionXLInpaintPipeline", size_multiple=8, family="sdxl",
-        pipeline_module="diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
+        pipeline_module="diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl", go_fast_default=False,
     ),
     # Flux packs 2x2 latent patches over an 8x VAE: sides are multiples of 16. It has no
     # negative prompt and one sampler (flow-matching Euler).
@@ -40,13 +41,13 @@ MODELS: Mapping[str, ModelSpec] = {
         "flux-dev", "FluxPipeline", "FLUX_DEV_WEIGHTS", single_file=False, negative_prompt=False,
         schedulers=False, ip_adapter=True, img2img_pipeline_class="FluxImg2ImgPipeline",
         inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16, family="flux",
-        pipeline_module="diffusers.pipelines.flux.pipeline_flux",
+        pipeline_module="diffusers.pipelines.flux.pipeline_flux", go_fast_default=True,
     ),
     "flux-schnell": ModelSpec(
         "flux-schnell", "FluxPipeline", "FLUX_SCHNELL_WEIGHTS", single_file=False,
         negative_prompt=False, schedulers=False, ip_adapter=True, img2img_pipeline_class="FluxImg2ImgPipeline",
         inpaint_pipeline_class="FluxInpaintPipeline", size_multiple=16, family="flux",
-        pipeline_module="diffusers.pipelines.flux.pipeline_flux",
+        pipeline_module="diffusers.pipelines.flux.pipeline_flux", go_fast_default=True,
     ),
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)

@@ -56,6 +56,10 @@ class GenerationRequest(BaseModel):
     negative_prompt: Text = Field("", max_length=10_000, description="What to steer away from.")
     preset: Literal[PRESET_NAMES] = Field(  # type: ignore[valid-type]
         "balanced", description="Quality preset: sets steps, guidance and IP-Adapter scale.")
+    go_fast: Optional[Flag] = Field(
+        None, description="Faster and lossy, as replicate/cog-flux's go_fast: fp8 matmuls (on GPUs with fp8 tensor cores) "
+                          "and compiled blocks. A size not compiled yet, or a request with a LoRA or face_image, runs "
+                          "the exact path. Empty: on for Flux, off for SDXL.")
     num_inference_steps: Optional[Int] = Field(None, ge=1, le=100, description="Denoising steps. Empty: from the preset.")
     guidance_scale: Optional[Number] = Field(None, ge=0.0, le=20.0, description="Classifier-free guidance. Empty: from the preset.")
     aspect_ratio: Literal[(*ASPECT_RATIOS, CUSTOM_ASPECT)] = Field(  # type: ignore[valid-type]

@@ -45,6 +45,9 @@ class JobResult:
     paths: list[Path] = field(default_factory=list)
     numbers: Optional[list[int]] = None  # each image's number in the request (1-based), once some were withheld
     counts: dict[str, int] = field(default_factory=dict)  # whole-number metrics (nsfw_dropped)
+    go_fast: bool = False  # the go_fast input, its default resolved for the model
+    fast_path: str = "exact"  # what denoised: "exact", or the go_fast recipe ("fp8+compile", "compile")
+    fp8_layers: int = 0  # Linear layers that computed in fp8
 
     def outputs(self) -> tuple[list[Any], Optional[list[str]]]:
         """Images to save and their file names (None: ``out-<i>``); a storyboard ends with its sheet."""
@@ -57,6 +60,7 @@ class JobResult:
         """Cog metrics for this prediction (Cog adds its own ``predict_time``)."""
         values: dict[str, Any] = {
             "seed": self.seed, "steps": self.steps, "generation_seconds": round(self.generation_seconds, 4),
+            "go_fast": self.go_fast, "fast_path": self.fast_path, "fp8_layers": self.fp8_layers,
         }
         if self.sheet is not None:
             values["seconds_per_scene"] = round(self.generation_seconds / len(self.images), 4)
@@ -99,16 +103,18 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     # 5. Identity: the IP-Adapter, loaded on first use, when a face is given.
     identity = identity_for(model, reference, settings.ip_adapter_scale, guidance=settings.guidance_scale > 1)
 
-    # 6. The seed: the request's, or a fresh one (logged, so any image can be made again).
+    # 6. The seed: the request's, or a fresh one (logged, so any image can be made again); go_fast's default.
     seed = pick_seed(request.seed)
     log.info("Using seed: %d", seed)
+    go_fast = spec.go_fast_default if request.go_fast is None else request.go_fast
 
     timings: dict[str, float] = {}
     with model.lock, _loras_on(model, loras) as lora_timings:  # nothing else may change the pipeline meanwhile
         # 7. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
         started = time.perf_counter()
         with identity.active(settings.ip_adapter_scale):
-            images, prompts, steps = _generate(model, backend.device, request, settings, seed, identity, start)
+            images, prompts, steps, fast_path = _generate(model, backend.device, request, settings, seed, identity, start,
+                                                          go_fast)
         generation_seconds = time.perf_counter() - started
 
         # 8. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
@@ -122,7 +128,8 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     checked = _check_safety(images, prompts, model) if not request.disable_safety_checker else Checked(images, prompts)
     timings.update(checked.timings)
     result = JobResult(checked.images, checked.prompts, seed, generation_seconds, steps, timings=timings,
-                       numbers=checked.numbers, counts=checked.counts)
+                       numbers=checked.numbers, counts=checked.counts, go_fast=go_fast, fast_path=fast_path,
+                       fp8_layers=model.fast.fp8_layers if fast_path != "exact" and model.fast is not None else 0)
 
     # 10. The outputs: MP4 clips when animated; else the images (a storyboard's with its contact sheet).
     if request.animate:
@@ -166,31 +173,33 @@ def _animate(result: JobResult, request: GenerationRequest, preset: str, backend
 
 
 def _generate(model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, seed: int,
-              identity: Identity, start: Optional[ImageInputs]) -> tuple[list[Any], list[str], int]:
-    """The images, the prompt that made each, and the denoising steps each ran. Image ``i`` of a
+              identity: Identity, start: Optional[ImageInputs], go_fast: bool) -> tuple[list[Any], list[str], int, str]:
+    """The images, the prompt that made each, the denoising steps each ran, and what denoised (the
+    last batch's: a storyboard's first scenes may run exact while go_fast compiles). Image ``i`` of a
     batch, and scene ``i`` of a storyboard, uses ``seed + i``, so any one can be redone alone."""
     if not request.scene_list:
         unchanged = start.nothing_to_do() if start is not None else None
         if unchanged:
             log.info("%s; returning the input image unchanged", unchanged)
-            return [start.given.copy() for _ in range(request.num_outputs)], [request.prompt] * request.num_outputs, 0
+            return ([start.given.copy() for _ in range(request.num_outputs)], [request.prompt] * request.num_outputs, 0,
+                    "exact")
         batch = Batch([request.prompt], request.num_outputs, seed)
-        result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size), start)
-        return result.images, [request.prompt] * request.num_outputs, result.steps
+        result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size), start, go_fast=go_fast)
+        return result.images, [request.prompt] * request.num_outputs, result.steps, result.fast_path
     prompts = scene_prompts(request.scene_list, request.character, request.prompt)
     size = storyboard_batch_size(device, free_gpu_bytes(device), request.width, request.height, len(prompts))
     log.info("storyboard: %d scenes in batches of %d", len(prompts), size)
     started = time.perf_counter()
     images: list[Any] = []
-    steps = 0
+    steps, fast_path = 0, "exact"
     for chunk in batches(len(prompts), size):
         label = f"scene {chunk.start + 1}" if len(chunk) == 1 else f"scenes {chunk.start + 1}-{chunk.stop}"
         batch = Batch([prompts[i] for i in chunk], 1, seed + chunk.start, label)
-        result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size))
+        result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size), go_fast=go_fast)
         images += result.images
-        steps = result.steps
+        steps, fast_path = result.steps, result.fast_path
     log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
-    return images, prompts, steps
+    return images, prompts, steps, fast_path
 
 
 class AllImagesWithheld(RuntimeError):

@@ -63,8 +63,17 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("WEIGHT_STREAM_WORKERS", int, None, "Reader threads of the weight stream. Unset: 4 on CUDA, 2 elsewhere."),
     Setting("IMPORT_CACHE_DIR", Path, Path("~/.cache/fast-image-service/imports"),
             "transformers' map of its models, kept for the next start (cog build writes it into the image)."),
+    Setting("WARMUP", bool, None,
+            "One short generation of the default model at its default size before READY, so the first caller's image "
+            "pays no first-use costs (kernel selection, CUDA-graph capture). Unset: on for CUDA, off elsewhere."),
+    Setting("GO_FAST_SIZES", str, None,
+            "Sizes go_fast compiles in the background after READY, in order (WIDTHxHEIGHT,...). Unset: the 11 "
+            "aspect-ratio buckets at 1 and at 0.25 megapixels, 1024x1024 first."),
+    Setting("COMPILE_CACHE", str, None,
+            "go_fast's compile artifacts for this GPU and torch (bench/build_compile_cache.py): a path or an http(s) URL, "
+            "the operator's only (the file is a pickle). Unset: the file for this GPU in COMPILE_CACHE_DIR, if any."),
     Setting("COMPILE_CACHE_DIR", Path, Path("weights/compile-cache"),
-            "Compiled-artifact files for SPEED_COMPILE=regional (bench/build_compile_cache.py writes them)."),
+            "Where bench/build_compile_cache.py writes compile artifacts, one file per model, GPU model and torch version."),
     Setting("IP_ADAPTER_WEIGHTS", Path, Path("weights/ip-adapter"), "SDXL IP-Adapter folder, in h94/IP-Adapter's layout."),
     Setting("FLUX_IP_ADAPTER_WEIGHTS", Path, Path("weights/flux-ip-adapter"), "Flux IP-Adapter folder, in XLabs' layout."),
     Setting("IP_ADAPTER_VARIANT", str, None, "plus-face or plain (SDXL), xlabs (Flux). Unset: the first one present."),

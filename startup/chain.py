@@ -6,8 +6,10 @@ weight files start streaming into the page cache before torch is imported; torch
 the backend stage (which also starts CUDA in the background); the weights stage checks the files
 and starts streaming them onto the device (``pipeline.loading.stream``) before the imports stage
 imports diffusers (on the diet of ``startup.import_diet``), which the stream overlaps; the load stage builds the models from the streamed
-tensors. Each cost is visible as its own stage. Optional parts (ADetailer, IP-Adapter) are not
-loaded here at all: they load on the first request that asks for them.
+tensors; the warm-up stage (CUDA, ``WARMUP``) generates once so that the first caller's image pays no
+first-use costs. Each cost is visible as its own stage. Optional parts (ADetailer, IP-Adapter) are
+not loaded here at all: they load on the first request that asks for them. After the last stage,
+go_fast's denoiser starts compiling in the background for a model whose go_fast is on by default.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Optional
 
 from hardware.backend import Backend, configure_backend, start_device_init
 from netfetch import FetchError
+from pipeline.fast_path import start_if_default_on
 from pipeline.loading.remote import RemoteWeights, is_url
 from pipeline.loading.weights import WeightsError, available_models, configured_weights, default_model_name, resolve_weights
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.safety_checker import report_configuration as report_safety_checker
 from pipeline.select import feed_remote_stream, load_source, start_weight_stream
+from pipeline.warmup import warm_up, warmup_enabled
 from request.catalog import MODELS
 from startup.cmdargs import filter_sys_argv
 from startup.deferred_modules import still_deferred
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # The stages run_startup times, in order; the cold-start benchmark checks every one reported.
 STAGES: tuple[str, ...] = ("argv_filter", "install_guard", "prefetch", "backend", "weights", "imports", "load")
+OPTIONAL_STAGES: tuple[str, ...] = ("warmup",)  # run where enabled (pipeline.warmup)
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,10 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
             device_ready.join()
             if prefetch is not None:  # the stream's loader waits per file; without one, wait here
                 prefetch.join(timeout=0 if stream is not None else None)
-            load_source(source, backend, stream=stream)
+            model = load_source(source, backend, stream=stream)
+        if warmup_enabled(backend.device):
+            with timer.stage("warmup"):
+                warm_up(model)
     except BaseException:
         resume_collector(collector_paused)
         timer.finish(completed=False)
@@ -144,5 +152,7 @@ def run_startup(weights: Optional[str] = None, timings_path: Optional[Path] = No
     waiting = still_deferred()
     if waiting:
         log.info("import diet: still deferred until first use: %s", ", ".join(waiting))
-    preload = start_preload(load_source(source, backend), optional)
+    model = load_source(source, backend)
+    preload = start_preload(model, optional)
+    start_if_default_on(model)
     return ReadyService(backend, source, timings, (default_model, *available), preload)

@@ -2,14 +2,15 @@
 integrations no request of this service uses.
 
 Both libraries look each optional library up once, when they are first imported, and import its
-integration whenever it is installed. Two of those cost most of a second each on the CPU and serve
+integration whenever it is installed. Three of those cost most of a second each on the CPU and serve
 nothing here: bitsandbytes (diffusers' quantizers import it, and it imports torch's inductor
-compiler) when the hardware profile quantizes nothing, and scipy (for samplers the catalog does not
-offer). During the imports stage each is hidden: ``sys.modules[name] = None`` makes
+compiler) when the hardware profile quantizes nothing, scipy (for samplers the catalog does not
+offer), and torchao (transformers' quantizer for torchao checkpoints; go_fast imports it itself).
+During the imports stage each is hidden: ``sys.modules[name] = None`` makes
 ``importlib.util.find_spec`` answer None and ``import`` fail, which both libraries read as "not
 installed". Right after, each is shown again, so anything that imports one later (ADetailer's
 detectors, a test, an operator's code) gets it as usual; only the two libraries' own verdicts stay.
-Nothing moves into the first request: a plain request never uses either.
+Nothing moves into the first request: a plain request uses none of them.
 
 transformers also asks once whether ``torch.distributed`` is available and, when it is, imports
 torch's distributed tensors, FSDP and distributed checkpointing (about half a second) for
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 DEFERRED: Mapping[str, str] = {
     "bitsandbytes": "only the bitsandbytes-quantizing hardware profiles use it, and they keep it",
     "scipy": "only samplers the catalog does not offer (LMS, beta sigmas) use it",
+    "torchao": "only go_fast's fp8 uses it, and imports it itself on its background thread, after READY",
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hardware.backend import Backend
 from pipeline.families import FAMILIES, family_for
-from pipeline.families.sdxl import SDXLFamily
+from pipeline.families.sdxl import SDXL, SDXLFamily
 from request.catalog import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def test_a_new_family_is_served_through_the_registry(tiny_weights, monkeypatch) 
             return model
 
     sketch = SketchFamily(name="sketch", denoiser_name="unet", lora_components=("unet",),
-                          ip_adapter_setting="IP_ADAPTER_WEIGHTS", quantized={})
+                          ip_adapter_setting="IP_ADAPTER_WEIGHTS", quantized={}, fp8_scope=SDXL.fp8_scope, cfg_batch=True)
     monkeypatch.setitem(FAMILIES, "sketch", sketch)
     monkeypatch.setitem(MODELS, "sketch-xl", dataclasses.replace(MODELS["sdxl"], name="sketch-xl", family="sketch"))
     monkeypatch.setenv("SDXL_WEIGHTS", str(tiny_weights))

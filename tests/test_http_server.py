@@ -52,6 +52,12 @@ def test_prediction_returns_an_image_of_the_requested_size_and_format(cog_server
     metrics = response["metrics"]
     assert metrics["seed"] == 5 and metrics["steps"] == 3
     assert metrics["steps_per_second"] > 0 and metrics["predict_time"] > 0
+    # go_fast's default for SDXL is off; on the CPU it has no recipe, so asking for it runs the exact path
+    assert metrics["go_fast"] is False and metrics["fast_path"] == "exact" and metrics["fp8_layers"] == 0
+    asked = cog_server.predict(prompt="a lighthouse", width=96, height=64, num_inference_steps=3, seed=5,
+                               output_format="jpg", output_quality=90, go_fast=True)
+    assert asked["metrics"]["go_fast"] is True and asked["metrics"]["fast_path"] == "exact"
+    assert np.array_equal(np.asarray(decode(asked["output"][0])), np.asarray(image))
 
 
 def refused_field(response: dict) -> str:

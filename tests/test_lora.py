@@ -312,3 +312,52 @@ def test_fused_qkv_is_undone_for_a_lora_and_the_base_stays(tiny_weights, lora_se
     report = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT")][0][6:])
     assert report["fused"] and report["changed"] and report["base_diff"] <= 1
     assert "fused Q/K/V projections unfused so LoRA layers can attach" in result.stderr
+
+
+GO_FAST_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from PIL import Image
+from predict import Predictor
+from tests.conftest import predict_inputs
+predictor = Predictor()
+predictor.setup(sys.argv[2])
+def run(**overrides):
+    out = predictor.predict(**predict_inputs(output_format="png", **overrides))[0]
+    return np.asarray(Image.open(out)).astype(int)
+model = predictor.service.model
+base = run()
+lora = run(lora_weights=sys.argv[3])
+lora_fast = run(lora_weights=sys.argv[3], go_fast=True)  # starts go_fast, after a LoRA was loaded
+fast = model.fast
+shapes = fast.default_shapes()
+ready = fast.wait(shapes, 300)
+peft_in_copy = any(type(m).__module__.startswith("peft.") for m in fast.denoiser().modules())
+print("REPORT" + json.dumps({
+    "ready": ready, "peft_in_copy": peft_in_copy,
+    "lora_fast_equals_lora": bool(np.array_equal(lora_fast, lora)),
+    "lora_fast_after_ready_equals_lora": bool(np.array_equal(run(lora_weights=sys.argv[3], go_fast=True), lora)),
+    "base_after": bool(np.array_equal(run(), base)),
+    "fast_base_diff": int(np.abs(run(go_fast=True) - base).max())}))
+"""
+
+
+def test_a_lora_request_with_go_fast_runs_the_exact_weights(tiny_weights, lora_server, tmp_path) -> None:
+    """The rule: LoRA layers sit on the exact denoiser, so a LoRA request runs it, go_fast or not; the
+    fast copy, built after a LoRA was loaded, carries none of its layers; LoRA off gives the base."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SPEED_GO_FAST="compile", SPEED_GO_FAST_COMPILER="aot_eager", GO_FAST_SIZES="64x64",
+               LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(tmp_path / "cache"), STARTUP_TIMINGS_PATH=str(tmp_path / "t.json"))
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", GO_FAST_SCRIPT, str(root), str(tiny_weights),
+                             f"{lora_server}/sdxl-peft.safetensors"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT")][0][6:])
+    assert report == {"ready": True, "peft_in_copy": False, "lora_fast_equals_lora": True,
+                      "lora_fast_after_ready_equals_lora": True, "base_after": True, "fast_base_diff": report["fast_base_diff"]}
+    assert report["fast_base_diff"] <= 2
+    assert "a request with a LoRA or face_image runs the exact weights" in result.stderr

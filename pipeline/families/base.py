@@ -25,6 +25,11 @@ class Family:
     lora_components: tuple[str, ...]  # the prefixes diffusers gives each component's LoRA keys
     ip_adapter_setting: str  # the setting that holds its IP-Adapter folder
     quantized: Mapping[str, str]  # component -> the profile setting that quantizes it while loading
+    fp8_scope: str  # go_fast: a regular expression over the denoiser's module names, the Linear layers computed in fp8
+    cfg_batch: bool  # classifier-free guidance above 1 runs the denoiser on a doubled batch
+
+    def doubles_batch(self, guidance_scale: float) -> bool:
+        return self.cfg_batch and guidance_scale > 1
 
     def denoiser(self, pipe: Any) -> Any:
         return getattr(pipe, self.denoiser_name)

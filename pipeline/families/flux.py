@@ -35,4 +35,7 @@ class FluxFamily(Family):
 
 FLUX = FluxFamily(name="flux", denoiser_name="transformer", lora_components=("transformer", "text_encoder"),
                   ip_adapter_setting="FLUX_IP_ADAPTER_WEIGHTS",
-                  quantized={"transformer": "flux_quantization", "text_encoder_2": "t5_quantization"})
+                  quantized={"transformer": "flux_quantization", "text_encoder_2": "t5_quantization"},
+                  # every Linear layer of the double and single blocks, where nearly all FLOPs are; the
+                  # embedders and the output projection stay bf16
+                  fp8_scope=r"^(transformer_blocks|single_transformer_blocks)\.\d+\.", cfg_batch=False)

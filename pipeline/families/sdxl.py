@@ -36,4 +36,6 @@ class SDXLFamily(Family):
 
 
 SDXL = SDXLFamily(name="sdxl", denoiser_name="unet", lora_components=("unet", "text_encoder", "text_encoder_2"),
-                  ip_adapter_setting="IP_ADAPTER_WEIGHTS", quantized={})
+                  ip_adapter_setting="IP_ADAPTER_WEIGHTS", quantized={},
+                  # the attention and feed-forward layers of every transformer block (the UNet's convolutions stay bf16)
+                  fp8_scope=r"\.transformer_blocks\.\d+\.(attn1|attn2|ff)\.", cfg_batch=True)

@@ -1,10 +1,10 @@
 """Apply the speed settings to a freshly loaded model: the module changes made once at load (fused
-QKV, channels-last, fp8 matmuls, the step cache, armed compilation) and the CUDA-graph runner."""
+QKV, channels-last, the step cache) and the CUDA-graph runner. go_fast's denoiser is built beside
+the model later, in the background (``pipeline.fast_path``)."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Optional
 
 from pipeline.speed.fused_qkv import share_fused_weights
@@ -13,15 +13,10 @@ from pipeline.speed.settings import SpeedSettings
 log = logging.getLogger(__name__)
 
 
-def apply_speedups(pipe: Any, settings: SpeedSettings, model_name: str, device: str) -> Optional[Any]:
+def apply_speedups(pipe: Any, settings: SpeedSettings) -> Optional[Any]:
     """Apply ``settings`` to a freshly loaded pipeline; the denoiser's CUDA-graph runner when graphs
     are on (``pipeline.speed.cuda_graphs``), else None."""
-    cache = None
-    if settings.compile != "off":
-        from pipeline.speed.compile_cache import cache_path
-
-        cache = cache_path(model_name, device)
-    apply_at_load(pipe, settings, compile_cache=cache)
+    apply_at_load(pipe, settings)
     if settings.cuda_graphs:
         from pipeline.speed.cuda_graphs import graph_runner
 
@@ -29,10 +24,9 @@ def apply_speedups(pipe: Any, settings: SpeedSettings, model_name: str, device: 
     return None
 
 
-def apply_at_load(pipe: Any, settings: SpeedSettings, compile_cache: Optional[Path] = None) -> None:
+def apply_at_load(pipe: Any, settings: SpeedSettings) -> None:
     """Change the loaded model's modules as the settings ask (before any adapter is attached, so
-    an IP-Adapter's saved 'plain' processors are the fused ones). Compilation is only armed here,
-    with ``compile_cache``'s artifacts restored; it happens on the first call."""
+    an IP-Adapter's saved 'plain' processors are the fused ones)."""
     import torch
 
     unet = getattr(pipe, "unet", None)
@@ -48,10 +42,6 @@ def apply_at_load(pipe: Any, settings: SpeedSettings, compile_cache: Optional[Pa
         for module in (unet, pipe.vae):  # Flux's transformer has no convolutions
             if module is not None:
                 module.to(memory_format=torch.channels_last)
-    if settings.fp8_matmul and transformer is not None:
-        from pipeline.speed.fp8_linear import convert_blocks
-
-        log.info("fp8 matmuls: %d Linear layers of the transformer blocks converted (lossy)", convert_blocks(transformer))
     if settings.step_cache == "first_block" and transformer is not None:
         from diffusers.hooks import FirstBlockCacheConfig
 
@@ -59,9 +49,3 @@ def apply_at_load(pipe: Any, settings: SpeedSettings, compile_cache: Optional[Pa
 
         threshold = speed_table()["step_cache"]["first_block_threshold"]
         transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
-    if settings.compile == "regional":
-        from pipeline.speed.compile_cache import compile_denoiser, restore
-
-        if compile_cache is not None:
-            restore(compile_cache)
-        compile_denoiser(pipe)

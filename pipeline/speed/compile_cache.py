@@ -1,11 +1,17 @@
-"""Regional ``torch.compile`` of the denoiser, with compiled artifacts restored from a file.
+"""Regional ``torch.compile`` of the go_fast denoiser, and the compiled-artifact file that makes it
+quick.
 
-Compilation never runs in ``setup()``: ``compile_repeated_blocks`` only marks the repeated blocks
-(SDXL's transformer blocks, Flux's double and single blocks); they compile on the first call. That
-first call is what the artifact file shortens: ``bench/build_compile_cache.py`` compiles once on
-the target GPU and saves PyTorch's cache artifacts (``torch.compiler.save_cache_artifacts``); the
-service restores them at load (a file read), so inductor's code generation and autotuning are cache
-hits. Artifacts are only valid for the same GPU model and torch version, so both are in the name.
+Only the repeated blocks are compiled (diffusers' ``compile_repeated_blocks``: SDXL's transformer
+blocks, Flux's double and single blocks), one static graph per input size (``dynamic=False``:
+static kernels are the faster ones, and a size compiled later never changes the kernels of one
+compiled before). Compiling happens on the go_fast path's background thread, never in a request
+(``pipeline.fast_path``).
+
+The artifact file holds PyTorch's compiler caches (``torch.compiler.save_cache_artifacts``), built
+once per GPU model, torch version and model by ``bench/build_compile_cache.py`` on that GPU. Restored
+at start, inductor's code generation and autotuning become cache hits. It is a pickle, so it is read
+only from the operator's ``COMPILE_CACHE`` (a path or URL, like the weights) or ``COMPILE_CACHE_DIR``,
+never from a request.
 """
 
 from __future__ import annotations
@@ -19,27 +25,50 @@ import settings
 
 log = logging.getLogger(__name__)
 
+MAX_ARTIFACT_BYTES = 4 << 30
 
 
-def cache_path(model: str, device: str) -> Path:
-    """Where ``model``'s artifacts for this GPU model and torch version live."""
+def cache_name(model: str, device: str) -> str:
+    """The artifact's file name: artifacts are valid only for one GPU model and torch version."""
     import torch
 
     hardware = torch.cuda.get_device_name() if device == "cuda" else device
-    name = re.sub(r"[^A-Za-z0-9.]+", "-", f"{model}-{hardware}-torch{torch.__version__}").strip("-")
-    return settings.get("COMPILE_CACHE_DIR") / f"{name}.bin"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{model}-{hardware}-torch{torch.__version__}").strip("-") + ".bin"
 
 
-def restore(path: Path) -> Optional[int]:
-    """Load the artifacts at ``path`` into PyTorch's caches; the number restored, None if absent."""
+def cache_path(model: str, device: str) -> Path:
+    """Where ``bench/build_compile_cache.py`` writes ``model``'s artifacts, and the service looks when
+    ``COMPILE_CACHE`` is unset."""
+    return settings.get("COMPILE_CACHE_DIR") / cache_name(model, device)
+
+
+def artifact_bytes(model: str, device: str) -> tuple[Optional[bytes], str]:
+    """The artifact file's bytes (None when there is none) and where they came from: ``COMPILE_CACHE``
+    (a path, or a URL fetched through ``netfetch`` into the weights cache), else this GPU's file in
+    ``COMPILE_CACHE_DIR``."""
+    given = settings.get("COMPILE_CACHE")
+    if given and given.startswith(("http://", "https://")):
+        from netfetch import FetchPolicy, cache
+
+        policy = FetchPolicy(field="COMPILE_CACHE", trusted=True, deadline_s=float(settings.get("WEIGHTS_FETCH_TIMEOUT_S")),
+                             max_bytes=MAX_ARTIFACT_BYTES, max_unpacked=MAX_ARTIFACT_BYTES)
+        entry = cache.fetch(given, Path(settings.get("WEIGHTS_CACHE")), policy, refuse_pickles=False)
+        return entry.path.read_bytes(), given
+    path = Path(given).expanduser() if given else cache_path(model, device)
+    if not path.is_file():
+        if given:
+            raise FileNotFoundError(f"COMPILE_CACHE={given}: no such file")
+        return None, str(path)
+    return path.read_bytes(), str(path)
+
+
+def restore(data: bytes, origin: str) -> int:
+    """Load artifacts into PyTorch's caches; how many were restored."""
     import torch
 
-    if not path.is_file():
-        log.info("compile cache: none at %s; the first call at each size compiles", path)
-        return None
-    info = torch.compiler.load_cache_artifacts(path.read_bytes())
+    info = torch.compiler.load_cache_artifacts(data)
     count = sum(len(keys) for keys in info.artifacts.values()) if info is not None else 0
-    log.info("compile cache: %d artifacts restored from %s", count, path)
+    log.info("compile cache: %d artifacts restored from %s", count, origin)
     return count
 
 
@@ -58,7 +87,14 @@ def save(path: Path) -> int:
     return len(data)
 
 
-def compile_denoiser(pipe: Any) -> None:
-    """Mark the denoiser's repeated blocks for compilation on first call (nothing compiles now)."""
-    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
-    denoiser.compile_repeated_blocks(fullgraph=True)
+def compile_blocks(denoiser: Any, backend: str, graphs_per_block: int) -> None:
+    """Mark ``denoiser``'s repeated blocks for compilation (each compiles on its first call at a new
+    size) and let each block keep ``graphs_per_block`` static graphs. Dynamo's recompile limit is a
+    documented setting; where this torch has none by that name, more sizes run uncompiled (logged)."""
+    import torch._dynamo.config as dynamo_config
+
+    if hasattr(dynamo_config, "recompile_limit"):
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, graphs_per_block)
+    else:
+        log.warning("go_fast: torch._dynamo.config has no recompile_limit; blocks compile at most the default sizes")
+    denoiser.compile_repeated_blocks(fullgraph=True, dynamic=False, backend=backend)

@@ -61,6 +61,8 @@ def cuda_capture() -> Capture:
 
     All graphs of one denoiser share a memory pool: they never run at once, and each replay's
     outputs are cloned before another graph can run, so they may reuse each other's scratch memory.
+    Capture is thread-local: another thread's CUDA work meanwhile (go_fast compiling in the
+    background) is neither recorded nor, as in the default global mode, an error.
     """
     import torch
 
@@ -74,7 +76,7 @@ def cuda_capture() -> Capture:
                 run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             output = run()
         return graph.replay, output
 

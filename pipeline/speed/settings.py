@@ -33,8 +33,8 @@ class SpeedSettings:
     vae_decode: str = "exact"  # "exact" (diffusers' own decode) or "bfloat16"
     attention: str = "auto"  # SDPA kernel tried first: auto, cudnn, flash, efficient
     step_cache: str = "off"  # "first_block": Flux's first-block cache (lossy, opt-in)
-    compile: str = "off"  # "regional": torch.compile of the repeated blocks (pipeline.speed.compile_cache)
-    fp8_matmul: bool = False  # Flux's block matmuls in float8 (pipeline.speed.fp8_linear; lossy, opt-in)
+    go_fast: str = "off"  # what the go_fast input runs: fp8, compile or off ("auto" resolves per GPU; pipeline.speed.go_fast)
+    go_fast_compiler: str = "inductor"  # torch.compile's backend for it: inductor, or aot_eager (checks the mechanism)
 
     def describe(self) -> str:
         return ", ".join(f"{f.name} {getattr(self, f.name)}" for f in fields(self))
@@ -71,24 +71,37 @@ def speed_settings(device: str, env: Optional[Mapping[str, str]] = None, pipelin
             values[name] = off
     if values["step_cache"] != "off":
         values["cuda_graphs"] = False
-        values["compile"] = "off"
+        values["go_fast"] = "off"
     return SpeedSettings(**values)
 
 
 def speed_for_model(device: str, pipeline_class: str, profile: Profile) -> SpeedSettings:
     """Every eligibility rule in one place: the device's settings for this pipeline class, less what
-    the hardware profile rules out. CUDA graphs only where the weights stay put as plain tensors:
-    offloading moves them, fp8 storage re-casts them on every call and bitsandbytes' layers branch
-    on the host, none of which a graph can replay. fp8 matmuls need the same plain bf16 model, on a
-    GPU of compute capability 8.9+."""
+    the hardware profile rules out. CUDA graphs and go_fast only where the weights stay put as plain
+    tensors: offloading moves them, fp8 storage re-casts them on every call and bitsandbytes' layers
+    branch on the host, none of which a graph can replay or torchao can quantise again. go_fast
+    'auto' is fp8 on a GPU of compute capability 8.9+ (fp8 tensor cores), else the compile alone."""
     speed = speed_settings(device, pipeline_class=pipeline_class)
     plain = profile.offload == "none" and profile.flux_quantization == "none" and profile.t5_quantization == "none"
     if speed.cuda_graphs and not (plain and device == "cuda"):
         speed = replace(speed, cuda_graphs=False)
-    if speed.fp8_matmul:
-        from pipeline.speed.fp8_linear import fp8_matmul_supported
+    wanted = speed.go_fast
+    if wanted == "auto":
+        wanted = "fp8" if device == "cuda" and fp8_tensor_cores() else "compile" if device == "cuda" else "off"
+    why = ""
+    if wanted != "off" and not plain:
+        wanted, why = "off", f"the {profile.name} profile does not keep plain weights (offload or quantized storage)"
+    elif wanted == "fp8" and device == "cuda" and not fp8_tensor_cores():
+        wanted, why = "compile", "this GPU has no fp8 tensor cores (compute capability below 8.9)"
+    elif speed.go_fast == "auto" and wanted == "off":
+        why = f"no fp8 tensor cores or compiler path on {device}"
+    if why:
+        log.info("go_fast: %s; go_fast requests run %s", why, "the compiled bf16 path" if wanted == "compile" else "the exact path")
+    return replace(speed, go_fast=wanted)
 
-        if not (plain and fp8_matmul_supported(device)):
-            log.info("fp8 matmuls need a plain bf16 model on a GPU of compute capability 8.9+: off")
-            speed = replace(speed, fp8_matmul=False)
-    return speed
+
+def fp8_tensor_cores() -> bool:
+    """Row-wise scaled fp8 matmuls run on tensor cores from compute capability 8.9 (Ada, Hopper) on."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
