@@ -185,3 +185,18 @@ def cog_server(
     )
     with serve(tiny_weights, workdir, env) as server:
         yield server
+
+
+@pytest.fixture
+def fresh_cache() -> Iterator[None]:
+    """No model loaded before or after the test: it loads its own with its own settings."""
+    from pipeline.loading.cache import MODEL_CACHE, release_memory
+
+    def clear() -> None:
+        for model_id in MODEL_CACHE.ids():
+            MODEL_CACHE.evict(model_id)
+        release_memory()
+
+    clear()
+    yield
+    clear()

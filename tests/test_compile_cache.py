@@ -61,7 +61,8 @@ def test_the_file_is_read_from_a_path_or_a_url_and_a_missing_one_is_named(tmp_pa
         artifact_bytes("sdxl", "cpu")
 
 
-def test_a_missing_artifact_file_only_costs_speed(tiny_weights: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+def test_a_missing_artifact_file_only_costs_speed(tiny_weights: Path, tmp_path: Path, monkeypatch, caplog,
+                                                 fresh_cache) -> None:
     from tests.test_go_fast import FAST_ENV, generate_once, load
 
     with caplog.at_level(logging.WARNING):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -24,20 +23,6 @@ from pipeline.speed.settings import speed_for_model, speed_settings
 
 CPU = Backend(device="cpu", dtype_name="float32", tf32=False, bitsandbytes="-")
 FAST_ENV = {"SPEED_GO_FAST": "compile", "SPEED_GO_FAST_COMPILER": "aot_eager", "GO_FAST_SIZES": "64x64"}
-
-
-@pytest.fixture
-def fresh_cache() -> Iterator[None]:
-    from pipeline.loading.cache import MODEL_CACHE, release_memory
-
-    def clear() -> None:
-        for model_id in MODEL_CACHE.ids():
-            MODEL_CACHE.evict(model_id)
-        release_memory()
-
-    clear()
-    yield
-    clear()
 
 
 def load(monkeypatch, weights: Path, model: str = "sdxl", **env: str):

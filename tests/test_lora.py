@@ -329,13 +329,15 @@ def run(**overrides):
 model = predictor.service.model
 base = run()
 lora = run(lora_weights=sys.argv[3])
-lora_fast = run(lora_weights=sys.argv[3], go_fast=True)  # starts go_fast, after a LoRA was loaded
+lora_fast = run(lora_weights=sys.argv[3], go_fast=True)  # the exact weights; go_fast is not even started
 fast = model.fast
+idle = fast.state == "idle"
+run(go_fast=True)  # starts go_fast, now that a LoRA is loaded (switched off) on the exact model
 shapes = fast.default_shapes()
 ready = fast.wait(shapes, 300)
 peft_in_copy = any(type(m).__module__.startswith("peft.") for m in fast.denoiser().modules())
 print("REPORT" + json.dumps({
-    "ready": ready, "peft_in_copy": peft_in_copy,
+    "idle": idle, "ready": ready, "peft_in_copy": peft_in_copy,
     "lora_fast_equals_lora": bool(np.array_equal(lora_fast, lora)),
     "lora_fast_after_ready_equals_lora": bool(np.array_equal(run(lora_weights=sys.argv[3], go_fast=True), lora)),
     "base_after": bool(np.array_equal(run(), base)),
@@ -357,7 +359,7 @@ def test_a_lora_request_with_go_fast_runs_the_exact_weights(tiny_weights, lora_s
                              f"{lora_server}/sdxl-peft.safetensors"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT")][0][6:])
-    assert report == {"ready": True, "peft_in_copy": False, "lora_fast_equals_lora": True,
+    assert report == {"idle": True, "ready": True, "peft_in_copy": False, "lora_fast_equals_lora": True,
                       "lora_fast_after_ready_equals_lora": True, "base_after": True, "fast_base_diff": report["fast_base_diff"]}
     assert report["fast_base_diff"] <= 2
     assert "a request with a LoRA or face_image runs the exact weights" in result.stderr

@@ -93,8 +93,8 @@ def speed_for_model(device: str, pipeline_class: str, profile: Profile) -> Speed
         wanted, why = "off", f"the {profile.name} profile does not keep plain weights (offload or quantized storage)"
     elif wanted == "fp8" and device == "cuda" and not fp8_tensor_cores():
         wanted, why = "compile", "this GPU has no fp8 tensor cores (compute capability below 8.9)"
-    elif speed.go_fast == "auto" and wanted == "off":
-        why = f"no fp8 tensor cores or compiler path on {device}"
+    elif wanted == "off" and device != "cuda":
+        why = f"no fp8 tensor cores or compiled path on {device}"
     if why:
         log.info("go_fast: %s; go_fast requests run %s", why, "the compiled bf16 path" if wanted == "compile" else "the exact path")
     return replace(speed, go_fast=wanted)
