@@ -276,7 +276,8 @@ def test_loras_over_http(cog_server, lora_server) -> None:
     assert cog_server.predict(**common)["status"] == "succeeded"
 
 
-FUSED_SCRIPT = """
+# A fresh process with its own settings: sys.argv = root, tiny weights, LoRA URL; the body sets REPORT.
+SCRIPT_HEAD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
@@ -288,6 +289,26 @@ predictor.setup(sys.argv[2])
 def run(**overrides):
     out = predictor.predict(**predict_inputs(output_format="png", **overrides))[0]
     return np.asarray(Image.open(out)).astype(int)
+"""
+
+
+def run_script(body: str, tiny_weights: Path, lora_url: str, tmp_path: Path, **env: str) -> tuple[dict, str]:
+    """Run SCRIPT_HEAD + ``body`` in a fresh process with ``env``; its REPORT and its log."""
+    import json
+    import subprocess
+    import sys
+
+    environment = dict(os.environ, LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(tmp_path / "cache"),
+                       STARTUP_TIMINGS_PATH=str(tmp_path / "t.json"), **env)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", SCRIPT_HEAD + body, str(root), str(tiny_weights), lora_url],
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [line for line in result.stdout.splitlines() if line.startswith("REPORT")][0]
+    return json.loads(line[len("REPORT"):]), result.stderr
+
+
+FUSED_SCRIPT = """
 fused_before = predictor.service.model.speed.fuse_qkv
 base = run()
 lora = run(lora_weights=sys.argv[3])
@@ -299,33 +320,13 @@ print("REPORT" + json.dumps({"fused": fused_before, "changed": bool(np.abs(lora 
 
 def test_fused_qkv_is_undone_for_a_lora_and_the_base_stays(tiny_weights, lora_server, tmp_path) -> None:
     """SPEED_FUSE_QKV=1 (on by default on CUDA) fuses Q/K/V; LoRA layers attach to the separate ones."""
-    import json
-    import subprocess
-    import sys
-
-    env = dict(os.environ, SPEED_FUSE_QKV="1", LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(tmp_path / "cache"),
-               STARTUP_TIMINGS_PATH=str(tmp_path / "t.json"))
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-c", FUSED_SCRIPT, str(root), str(tiny_weights),
-                             f"{lora_server}/sdxl-peft.safetensors"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT")][0][6:])
+    report, log = run_script(FUSED_SCRIPT, tiny_weights, f"{lora_server}/sdxl-peft.safetensors", tmp_path,
+                             SPEED_FUSE_QKV="1")
     assert report["fused"] and report["changed"] and report["base_diff"] <= 1
-    assert "fused Q/K/V projections unfused so LoRA layers can attach" in result.stderr
+    assert "fused Q/K/V projections unfused so LoRA layers can attach" in log
 
 
 GO_FAST_SCRIPT = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-import numpy as np
-from PIL import Image
-from predict import Predictor
-from tests.conftest import predict_inputs
-predictor = Predictor()
-predictor.setup(sys.argv[2])
-def run(**overrides):
-    out = predictor.predict(**predict_inputs(output_format="png", **overrides))[0]
-    return np.asarray(Image.open(out)).astype(int)
 model = predictor.service.model
 base = run()
 lora = run(lora_weights=sys.argv[3])
@@ -348,18 +349,9 @@ print("REPORT" + json.dumps({
 def test_a_lora_request_with_go_fast_runs_the_exact_weights(tiny_weights, lora_server, tmp_path) -> None:
     """The rule: LoRA layers sit on the exact denoiser, so a LoRA request runs it, go_fast or not; the
     fast copy, built after a LoRA was loaded, carries none of its layers; LoRA off gives the base."""
-    import json
-    import subprocess
-    import sys
-
-    env = dict(os.environ, SPEED_GO_FAST="compile", SPEED_GO_FAST_COMPILER="aot_eager", GO_FAST_SIZES="64x64",
-               LORA_ALLOW_PRIVATE_URLS="1", LORA_CACHE=str(tmp_path / "cache"), STARTUP_TIMINGS_PATH=str(tmp_path / "t.json"))
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, "-c", GO_FAST_SCRIPT, str(root), str(tiny_weights),
-                             f"{lora_server}/sdxl-peft.safetensors"], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads([line for line in result.stdout.splitlines() if line.startswith("REPORT")][0][6:])
+    report, log = run_script(GO_FAST_SCRIPT, tiny_weights, f"{lora_server}/sdxl-peft.safetensors", tmp_path,
+                             SPEED_GO_FAST="compile", SPEED_GO_FAST_COMPILER="aot_eager", GO_FAST_SIZES="64x64")
     assert report == {"idle": True, "ready": True, "peft_in_copy": False, "lora_fast_equals_lora": True,
                       "lora_fast_after_ready_equals_lora": True, "base_after": True, "fast_base_diff": report["fast_base_diff"]}
     assert report["fast_base_diff"] <= 2
-    assert "a request with a LoRA or face_image runs the exact weights" in result.stderr
+    assert "a request with a LoRA or face_image runs the exact weights" in log
