@@ -30,7 +30,7 @@ from pipeline.families import family_for
 from pipeline.generate import Batch, generate
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.models import LoadedModel
-from pipeline.variants import on_same_modules
+from pipeline.variants import on_same_modules, variant_class
 from presets import resolve
 from request.generation import ASPECT_RATIOS, MEGAPIXELS, parse_request
 
@@ -150,12 +150,8 @@ class FastPath:
     def _pipe_for(self, kind: str) -> Any:
         """The fast text pipeline, or its img2img/inpaint variant (built once, on the same modules)."""
         if kind not in self._pipes:
-            import diffusers
-
-            class_name = {"img2img": self.model.spec.img2img_pipeline_class,
-                          "inpaint": self.model.spec.inpaint_pipeline_class}[kind]
             with self.model.lock:
-                self._pipes[kind] = on_same_modules(getattr(diffusers, class_name), self._pipes["text"])
+                self._pipes[kind] = on_same_modules(variant_class(self.model, kind), self._pipes["text"])
         return self._pipes[kind]
 
     # -- the background side -----------------------------------------------------------------------
@@ -279,10 +275,15 @@ class FastPath:
         compilation, the compile artifacts restored; and the pipelines that use it."""
         import copy
 
+        import torch
+
         from pipeline.speed.compile_cache import artifact_bytes, compile_blocks, restore
         from pipeline.speed.fp8 import quantize_fp8, shared_copy
 
         started = time.perf_counter()
+        for name in ("set_stance", "load_cache_artifacts"):  # what a request and the artifacts rely on
+            if not hasattr(torch.compiler, name):
+                raise RuntimeError(f"this torch has no torch.compiler.{name}: go_fast needs torch 2.6 or newer")
         pipe = self.model.pipe
         exact = self.family.denoiser(pipe)
         if any(hasattr(module, "_hf_hook") for module in exact.modules()):

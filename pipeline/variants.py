@@ -31,16 +31,20 @@ def on_same_modules(pipeline_class: Any, source: Any, **overrides: Any) -> Any:
     return pipe
 
 
+def variant_class(model: LoadedModel, kind: str) -> Any:
+    """The diffusers class of ``model``'s pipeline for ``kind`` (img2img or inpaint), from the catalog."""
+    import diffusers
+
+    return getattr(diffusers, {"img2img": model.spec.img2img_pipeline_class, "inpaint": model.spec.inpaint_pipeline_class}[kind])
+
+
 def pipeline_for(model: LoadedModel, kind: str) -> Any:
     """``model``'s pipeline for ``kind``: its own for text, else the variant, built on first use."""
     if kind == "text":
         return model.pipe
-    class_name = {"img2img": model.spec.img2img_pipeline_class, "inpaint": model.spec.inpaint_pipeline_class}[kind]
 
     def build() -> Any:
-        import diffusers
-
-        return on_same_modules(getattr(diffusers, class_name), model.pipe)
+        return on_same_modules(variant_class(model, kind), model.pipe)
 
     with model.lock:
         return MODEL_CACHE.get_or_load(f"{kind}:{model.source.model_id}", build)
