@@ -5,13 +5,18 @@ Every input is declared once, as a field of the request models (``request.genera
 ``python service/cog_schema.py --write-predict`` as literal ``Input(...)`` calls, because ``cog build``
 reads this file statically and cannot resolve anything else; a test fails when they differ. A
 request then runs as the numbered steps of ``service.job.run_request``.
+
+``predict`` is async so that Cog runs up to ``concurrency.max`` predictions at once (cog.yaml); each
+runs on a worker thread, which Cog's context follows (logs and metrics stay per prediction). A
+cancelled prediction sets its event, and its thread stops at the next denoising step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import shutil
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path as _LocalPath
@@ -21,6 +26,7 @@ from cog import BasePredictor, Input, Path
 
 from request.inputs import FILE_INPUTS
 from service.job import run_request
+from service.outputs import OutputFolders
 from startup.chain import ReadyService, run_startup
 
 # predict()/BasePredictor keep this predictor working on every Cog version Replicate runs,
@@ -35,10 +41,9 @@ class Predictor(BasePredictor):
     def setup(self, weights: Optional[Any] = None) -> None:
         """Run the timed start-up chain; ``weights`` (Cog's COG_WEIGHTS) are the default model's, over its env var."""
         self.service: ReadyService = run_startup(str(weights) if weights else None)
-        self.output_root = _LocalPath(tempfile.mkdtemp(prefix="predictions-"))
-        self.count = 0
+        self.outputs = OutputFolders(_LocalPath(tempfile.mkdtemp(prefix="predictions-")))
 
-    def predict(
+    async def predict(
         self,
         # BEGIN inputs (service/cog_schema.py --write-predict)
         prompt: str = Input(default='', description='What to generate. With scenes: a style added to every scene (may be empty).', max_length=10000),
@@ -111,21 +116,23 @@ class Predictor(BasePredictor):
     ) -> list[Path]:
         # locals() is exactly the inputs here: it must stay the first statement.
         raw = {name: value for name, value in locals().items() if name != "self"}
+        cancel = threading.Event()
+        try:
+            return await asyncio.to_thread(self.predict_sync, cancel, **raw)
+        except asyncio.CancelledError:
+            cancel.set()  # the worker thread stops at its next denoising step
+            raise
+
+    def predict_sync(self, cancel: Optional[threading.Event] = None, **raw: Any) -> list[Path]:
+        """One prediction on the calling thread (``raw``: every input by name, as ``predict`` takes them)."""
         started = time.perf_counter()
         service = self.service
-        result = run_request(raw, service.backend, service.default_source, service.available, self._fresh_output_dir())
+        with self.outputs.fresh() as out_dir:
+            result = run_request(raw, service.backend, service.default_source, service.available, out_dir, cancel)
         for name, value in result.metrics().items():
             self.record_metric(name, value)
         log.info("prediction done in %.2f s: %s", time.perf_counter() - started, ", ".join(map(str, result.paths)))
         return [Path(path) for path in result.paths]
-
-    def _fresh_output_dir(self) -> _LocalPath:
-        """Cog uploads a prediction's files before starting the next, so the previous one's can go."""
-        if self.count:
-            shutil.rmtree(self.output_root / str(self.count - 1), ignore_errors=True)
-        out = self.output_root / str(self.count)
-        self.count += 1
-        return out
 
 
 # Cog's server (coglet 0.23) downloads every parameter annotated ``cog.Path`` before predict() runs,

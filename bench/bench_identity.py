@@ -61,7 +61,7 @@ def main() -> None:
     def seconds(**inputs: object) -> float:
         sync()
         started = time.perf_counter()
-        predictor.predict(**{**defaults, "prompt": "a portrait", "width": args.size, "height": args.size, "seed": 1, **inputs})
+        predictor.predict_sync(**{**defaults, "prompt": "a portrait", "width": args.size, "height": args.size, "seed": 1, **inputs})
         sync()
         return time.perf_counter() - started
 

@@ -40,6 +40,7 @@ class Profile:
     attention_slicing: bool
     offload: str
     cleanup_after_image: bool
+    max_batch_images: int = 1  # the most images one batch of concurrent requests may hold (pipeline.coalesce)
     reason: str = ""
 
     @property
@@ -57,6 +58,10 @@ def _parse(name: str, text: str, current: Any) -> Any:
     variable = f"{ENV_PREFIX}{name.upper()}"
     if isinstance(current, bool):
         return settings.parse_bool(variable, text)
+    if isinstance(current, int):
+        if not text.isdigit() or int(text) < 1:
+            raise settings.SettingError(f"${variable}={text!r}: allowed a whole number of at least 1")
+        return int(text)
     allowed = {"flux_quantization": QUANTIZATIONS, "t5_quantization": T5_QUANTIZATIONS, "offload": OFFLOADS}.get(name)
     if allowed and text not in allowed:
         raise settings.SettingError(f"${variable}={text!r}: allowed {', '.join(allowed)}")

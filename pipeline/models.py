@@ -41,6 +41,7 @@ class LoadedModel:
     speed: SpeedSettings = SpeedSettings()  # generation speed switches in force (pipeline.speed.settings)
     graphs: Optional[Any] = None  # the denoiser's CUDA graphs (pipeline.speed.cuda_graphs), when in use
     fast: Optional[Any] = None  # the go_fast denoiser beside the exact one (pipeline.fast_path.FastPath), if any
+    coalescer: Optional[Any] = None  # its forming batches of concurrent requests (pipeline.coalesce), once used
     # LoRA adapters loaded on the pipeline, least recently used first (name -> URL), and those switched on
     # for the request running now (pipeline.lora.adapters); none is on between requests
     loras: "OrderedDict[str, str]" = field(default_factory=OrderedDict, repr=False, compare=False)

@@ -7,12 +7,10 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline.families.sdxl import SDXL_ACTIVATION_BYTES_1MP
+
 SHEET_CELL = 320  # longest side of each thumbnail on the contact sheet, pixels
 
-# Activation memory of one SDXL image at 1024x1024 with guidance, fp16: plain diffusers' measured
-# 12.4 GB peak for one image (bench_results/gpu/2026-11-26-h200/sdxl.md, H200) less the 6.9 GB of
-# weights; the higher of the two peaks measured there, to stay on the safe side. Scales with pixels.
-SDXL_ACTIVATION_BYTES_1MP = int((12.4 - 6.9) * 1e9)
 MEMORY_HEADROOM = 0.8
 
 

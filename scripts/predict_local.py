@@ -59,7 +59,7 @@ def main() -> None:
     predictor.setup(args.weights)
     defaults = {name: spec.default for name, spec in INPUTS.items()}
     try:
-        outputs = predictor.predict(**{**defaults, **inputs})
+        outputs = predictor.predict_sync(**{**defaults, **inputs})
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,18 @@ def server_command(host: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "cog.server.http", "--host", host, *extra]
 
 
+def cog_concurrency(root: Path = ROOT) -> int:
+    """``concurrency.max`` from cog.yaml, which ``cog build`` turns into the server's COG_MAX_CONCURRENCY."""
+    import yaml
+
+    config = yaml.safe_load((root / "cog.yaml").read_text())
+    return int((config.get("concurrency") or {}).get("max", 1))
+
+
 def server_env(port: int, weights: str | None) -> dict[str, str]:
     """The server starts its worker with ``python`` from PATH, so this interpreter's folder goes first.
-    ``weights`` are the default model's ($DEFAULT_MODEL, sdxl when unset)."""
+    ``weights`` are the default model's ($DEFAULT_MODEL, sdxl when unset). Concurrency is cog.yaml's,
+    as in a built image, unless COG_MAX_CONCURRENCY is set."""
     sys.path.insert(0, str(ROOT))
     from pipeline.loading.weights import default_model_name
     from request.catalog import MODELS
@@ -32,6 +41,7 @@ def server_env(port: int, weights: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env["COG_PREDICT_TYPE_STUB"] = "predict.py:Predictor"
     env["PORT"] = str(port)
+    env.setdefault("COG_MAX_CONCURRENCY", str(cog_concurrency()))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if weights:
         env[MODELS[default_model_name()].weights_env] = weights

@@ -51,7 +51,7 @@ def read_parameters(source: str) -> list[Parameter]:
     """``Predictor.predict``'s parameters, read statically as Cog's generator reads them."""
     tree = ast.parse(source)
     predictor = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Predictor")
-    predict = next(n for n in predictor.body if isinstance(n, ast.FunctionDef) and n.name == "predict")
+    predict = next(n for n in predictor.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "predict")
     arguments = predict.args.args[1:]  # self
     defaults = predict.args.defaults
     if len(defaults) != len(arguments):

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+import settings as service_settings
 from hardware.backend import Backend
 from hardware.memory import free_gpu_bytes
 from pipeline import video
+from pipeline.coalesce import Member, arrivals, batch_capacity, coalescer_for
 from pipeline.generate import Batch, generate, pick_seed
 from pipeline.ip_adapter import Identity, identity_for
 from pipeline.lora import LoraRejected, applied, fetch_loras
 from pipeline.models import LoadedModel, WeightsSource
+from pipeline.progress import CANCEL, check_cancelled
 from pipeline.safety_checker import checker_for
 from pipeline.select import select_model
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
@@ -31,6 +35,9 @@ from request.reference_image import load_reference_image
 from service.outputs import save_images
 
 log = logging.getLogger(__name__)
+
+# BATCH_WINDOW_MS when unset and several predictions may run at once (see bench/bench_throughput.py)
+BATCH_WINDOW_DEFAULT_MS = 10.0
 
 
 @dataclass
@@ -48,6 +55,8 @@ class JobResult:
     go_fast: bool = False  # the go_fast input, its default resolved for the model
     fast_path: str = "exact"  # what denoised: "exact", or the go_fast recipe ("fp8+compile", "compile")
     fp8_layers: int = 0  # Linear layers that computed in fp8
+    batch_images: int = 0  # images denoised together with this request's (its own included)
+    batch_callers: int = 1  # requests in that batch (pipeline.coalesce)
 
     def outputs(self) -> tuple[list[Any], Optional[list[str]]]:
         """Images to save and their file names (None: ``out-<i>``); a storyboard ends with its sheet."""
@@ -61,6 +70,7 @@ class JobResult:
         values: dict[str, Any] = {
             "seed": self.seed, "steps": self.steps, "generation_seconds": round(self.generation_seconds, 4),
             "go_fast": self.go_fast, "fast_path": self.fast_path, "fp8_layers": self.fp8_layers,
+            "batch_images": self.batch_images, "batch_callers": self.batch_callers,
         }
         if self.sheet is not None:
             values["seconds_per_scene"] = round(self.generation_seconds / len(self.images), 4)
@@ -72,7 +82,33 @@ class JobResult:
 
 
 def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str],
-                out_dir: Path) -> JobResult:
+                out_dir: Path, cancel: Optional[threading.Event] = None) -> JobResult:
+    """``cancel``: set by the caller's cancellation; every denoising run of this request stops at its
+    next step, and the request between its steps."""
+    token = CANCEL.set(cancel or threading.Event())
+    try:
+        return _run(raw, backend, default, available, out_dir)
+    finally:
+        CANCEL.reset(token)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request validated and ready to generate: everything steps 1-6 settled."""
+
+    request: GenerationRequest
+    ad_args: ADetailerArgs
+    settings: EffectiveSettings
+    loras: list
+    model: LoadedModel
+    identity: Identity
+    start: Optional[ImageInputs]
+    seed: int
+    go_fast: bool
+    face_given: bool
+
+
+def _prepare(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str]) -> Prepared:
     # 1. Validate everything first: nothing loads, downloads or evicts for a request that is refused.
     generation_inputs, adetailer_inputs = split_inputs(raw)
     request = parse_request(generation_inputs)
@@ -107,32 +143,59 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     seed = pick_seed(request.seed)
     log.info("Using seed: %d", seed)
     go_fast = spec.go_fast_default if request.go_fast is None else request.go_fast
+    return Prepared(request, ad_args, settings, loras, model, identity, start, seed, go_fast, reference is not None)
+
+
+def _run(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str],
+         out_dir: Path) -> JobResult:
+    with arrivals.expected():  # a batch forming now may wait for this request (pipeline.coalesce)
+        job = _prepare(raw, backend, default, available)
+    request, ad_args, settings, model, seed = job.request, job.ad_args, job.settings, job.model, job.seed
+    check_cancelled()
 
     timings: dict[str, float] = {}
-    with model.lock, _loras_on(model, loras) as lora_timings:  # nothing else may change the pipeline meanwhile
-        # 7. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
-        started = time.perf_counter()
-        with identity.active(settings.ip_adapter_scale):
-            images, prompts, steps, fast_path = _generate(model, backend.device, request, settings, seed, identity, start,
-                                                          go_fast)
-        generation_seconds = time.perf_counter() - started
+    window_s = _batch_window_s()
+    if window_s > 0 and _batchable(job):
+        # 7. Generate, in one batch with other compatible requests arriving now, if any.
+        batch = _generate_batched(job, backend, window_s)
+        images, prompts, steps, fast_path = batch.images, [request.prompt] * len(batch.images), batch.steps, batch.fast_path
+        generation_seconds, timings["batch_wait_seconds"] = batch.seconds, batch.waited
+        timings["batch_window_seconds"] = batch.gathered
+        batch_images, batch_callers = batch.batch_images, batch.batch_callers
+        if not ad_args.need_skip():  # 8. as below; this request has no LoRA to put on
+            with model.lock:
+                images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, seed, ad_args, request,
+                                                                    settings)
+    else:
+        with model.lock, _loras_on(model, job.loras) as lora_timings:  # nothing else may change the pipeline meanwhile
+            # 7. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
+            started = time.perf_counter()
+            with job.identity.active(settings.ip_adapter_scale):
+                images, prompts, steps, fast_path = _generate(model, backend.device, request, settings, seed, job.identity,
+                                                              job.start, job.go_fast)
+            generation_seconds = time.perf_counter() - started
+            batch_images, batch_callers = len(images), 1
 
-        # 8. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
-        if not ad_args.need_skip():
-            images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, seed, ad_args, request, settings)
-    timings.update(lora_timings)
-    if loras:
-        timings["lora_fetch_seconds"] = sum(lora.file.seconds for lora in loras)
+            # 8. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
+            if not ad_args.need_skip():
+                images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, seed, ad_args, request,
+                                                                    settings)
+        timings.update(lora_timings)
+    if job.loras:
+        timings["lora_fetch_seconds"] = sum(lora.file.seconds for lora in job.loras)
+    check_cancelled()
 
     # 9. The safety checker, unless the request turns it off.
     checked = _check_safety(images, prompts, model) if not request.disable_safety_checker else Checked(images, prompts)
     timings.update(checked.timings)
     result = JobResult(checked.images, checked.prompts, seed, generation_seconds, steps, timings=timings,
-                       numbers=checked.numbers, counts=checked.counts, go_fast=go_fast, fast_path=fast_path,
-                       fp8_layers=model.fast.fp8_layers if fast_path != "exact" and model.fast is not None else 0)
+                       numbers=checked.numbers, counts=checked.counts, go_fast=job.go_fast, fast_path=fast_path,
+                       fp8_layers=model.fast.fp8_layers if fast_path != "exact" and model.fast is not None else 0,
+                       batch_images=batch_images, batch_callers=batch_callers)
 
     # 10. The outputs: MP4 clips when animated; else the images (a storyboard's with its contact sheet).
     if request.animate:
+        check_cancelled()
         result.paths, clip_timings = _animate(result, request, settings.preset, backend, out_dir)
         result.timings.update(clip_timings)
         return result
@@ -141,6 +204,43 @@ def run_request(raw: Mapping[str, Any], backend: Backend, default: WeightsSource
     images_out, names = result.outputs()
     result.paths = save_images(images_out, out_dir, request.output_format, request.output_quality, names)
     return result
+
+
+def _batch_window_s() -> float:
+    """The batching window (``BATCH_WINDOW_MS``); 0 where only one prediction runs at a time."""
+    window = service_settings.get("BATCH_WINDOW_MS")
+    if window is None:
+        window = BATCH_WINDOW_DEFAULT_MS if service_settings.get("COG_MAX_CONCURRENCY") > 1 else 0.0
+    return max(0.0, window) / 1000
+
+
+def _batchable(job: Prepared) -> bool:
+    """Only plain text-to-image shares a batch: an image input, a face, a LoRA or a storyboard makes
+    the pipeline call the request's own."""
+    return job.start is None and not job.face_given and not job.loras and not job.request.scene_list
+
+
+@dataclass(frozen=True)
+class Batched:
+    images: list[Any]
+    seconds: float
+    steps: int
+    fast_path: str
+    waited: float
+    gathered: float
+    batch_images: int
+    batch_callers: int
+
+
+def _generate_batched(job: Prepared, backend: Backend, window_s: float) -> Batched:
+    request = job.request
+    profile = job.model.profile or backend.settings
+    capacity = batch_capacity(job.model, request.width, request.height, profile.max_batch_images,
+                              lambda: free_gpu_bytes(backend.device))
+    member = Member(request.prompt, request.negative_prompt, request.num_outputs, job.seed)
+    result = coalescer_for(job.model).run(member, request, job.settings, job.go_fast, window_s, capacity)
+    return Batched(result.images, result.seconds, result.steps, result.fast_path, member.waited, member.gathered,
+                   member.batch_images, member.batch_callers)
 
 
 def _animate(result: JobResult, request: GenerationRequest, preset: str, backend: Backend,

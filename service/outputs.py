@@ -1,10 +1,15 @@
-"""Write generated images to disk in the requested format."""
+"""Write generated images to disk in the requested format, one folder per prediction."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import threading
+from collections import deque
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
+import settings
 from request.catalog import OUTPUT_FORMATS
 
 
@@ -21,3 +26,35 @@ def save_images(
         image.convert("RGB").save(path, format=pil_format, **options)
         paths.append(path)
     return paths
+
+
+class OutputFolders:
+    """One folder per prediction, under ``root``, removed once it can no longer be in use.
+
+    Cog reads a prediction's files after ``predict`` returns (to upload them or inline them), while
+    up to ``COG_MAX_CONCURRENCY`` predictions run, so a folder is kept until ``4 x`` that many later
+    predictions have finished; a failed prediction's folder goes at once.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._count = 0
+        self._finished: deque[Path] = deque()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[Path]:
+        with self._lock:
+            folder = self.root / str(self._count)
+            self._count += 1
+        try:
+            yield folder
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        keep = 4 * max(1, settings.get("COG_MAX_CONCURRENCY"))
+        with self._lock:
+            self._finished.append(folder)
+            stale = [self._finished.popleft() for _ in range(max(0, len(self._finished) - keep))]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)

@@ -101,7 +101,7 @@ def test_adetailer_off_imports_and_builds_nothing(tiny_weights: Path, tmp_path: 
         from pipeline.loading.cache import MODEL_CACHE
         p = Predictor(); p.setup({str(tiny_weights)!r})
         for options in ({{}}, {{"adetailer_hands": True, "ad_confidence": 0.9}}, {{"adetailer": False, "ad_prompt": "face"}}):
-            p.predict(**predict_inputs(**options))
+            p.predict_sync(**predict_inputs(**options))
         loaded = [m for m in ("mediapipe", "ultralytics", "adetailer.runner", "adetailer.inpaint") if m in sys.modules]
         print("LOADED", loaded, "CACHE", MODEL_CACHE.ids())
     """
@@ -114,11 +114,11 @@ def test_adetailer_off_imports_and_builds_nothing(tiny_weights: Path, tmp_path: 
 
 
 def test_adetailer_flag_through_predict(predictor) -> None:
-    plain = predictor.predict(**predict_inputs(seed=4, output_format="png"))
+    plain = predictor.predict_sync(**predict_inputs(seed=4, output_format="png"))
     plain_pixels = np.asarray(Image.open(plain[0]))
-    off = np.asarray(Image.open(predictor.predict(**predict_inputs(seed=4, output_format="png", adetailer=False))[0]))
+    off = np.asarray(Image.open(predictor.predict_sync(**predict_inputs(seed=4, output_format="png", adetailer=False))[0]))
     assert np.array_equal(plain_pixels, off)
-    on = predictor.predict(**predict_inputs(seed=4, output_format="png", adetailer=True, adetailer_hands=True))
+    on = predictor.predict_sync(**predict_inputs(seed=4, output_format="png", adetailer=True, adetailer_hands=True))
     assert Image.open(on[0]).size == (64, 64)
 
 
@@ -146,10 +146,10 @@ def test_the_inpaint_uses_the_requests_scheduler_whatever_came_before(predictor,
     request = predict_inputs(seed=5, scheduler="K_EULER", adetailer=True, ad_use_steps=True, ad_steps=4, output_format="png")
 
     MODEL_CACHE.evict(inpaint_key)
-    predictor.predict(**predict_inputs(seed=5, scheduler="DDIM", adetailer=True, ad_use_steps=True, ad_steps=4))
-    after_ddim = np.asarray(Image.open(predictor.predict(**request)[0]))
+    predictor.predict_sync(**predict_inputs(seed=5, scheduler="DDIM", adetailer=True, ad_use_steps=True, ad_steps=4))
+    after_ddim = np.asarray(Image.open(predictor.predict_sync(**request)[0]))
     MODEL_CACHE.evict(inpaint_key)
-    alone = np.asarray(Image.open(predictor.predict(**request)[0]))
+    alone = np.asarray(Image.open(predictor.predict_sync(**request)[0]))
     assert np.array_equal(after_ddim, alone)
 
 

@@ -64,7 +64,7 @@ from predict import Predictor
 from tests.conftest import predict_inputs
 predictor = Predictor()
 predictor.setup(os.environ["WEIGHTS"])
-out = predictor.predict(**predict_inputs(num_inference_steps=2))
+out = predictor.predict_sync(**predict_inputs(num_inference_steps=2))
 print("REPORT" + json.dumps({"image": str(out[0]), "exists": os.path.exists(str(out[0]))}))
 """
 

@@ -114,7 +114,7 @@ def refused_lora(predictor, tmp_path: Path, monkeypatch, data: bytes, faults: Fa
     monkeypatch.setenv("LORA_CACHE", str(tmp_path / "lora-cache"))
     try:
         with pytest.raises(InputError) as caught:
-            predictor.predict(**predict_inputs(lora_weights=f"{store.url}/lora.safetensors"))
+            predictor.predict_sync(**predict_inputs(lora_weights=f"{store.url}/lora.safetensors"))
     finally:
         store.stop()
     return caught.value
@@ -154,7 +154,7 @@ def test_an_image_url_over_the_cap_stops_at_the_cap(predictor, tmp_path: Path, m
     monkeypatch.setenv("IMAGE_ALLOW_PRIVATE_URLS", "1")
     try:
         with pytest.raises(InputError) as caught:
-            predictor.predict(**predict_inputs(image=f"{store.url}/huge.png"))
+            predictor.predict_sync(**predict_inputs(image=f"{store.url}/huge.png"))
     finally:
         store.stop()
     assert caught.value.field == "image" and f"more than {MAX_FILE_BYTES} bytes" in str(caught.value)

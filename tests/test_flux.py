@@ -41,11 +41,11 @@ def test_available_models_are_listed_at_setup(multi) -> None:
 
 def test_flux_dev_generates_with_its_presets(multi, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        first = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5,
+        first = pixels(multi.predict_sync(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5,
                                                       output_format="png")))
-    again = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5,
+    again = pixels(multi.predict_sync(**predict_inputs(model="flux-dev", num_inference_steps=None, preset="ultra_fast", seed=5,
                                                   output_format="png")))
-    other = pixels(multi.predict(**predict_inputs(model="flux-dev", num_inference_steps=2, seed=6, output_format="png")))
+    other = pixels(multi.predict_sync(**predict_inputs(model="flux-dev", num_inference_steps=2, seed=6, output_format="png")))
     assert first.shape == (64, 64, 3) and np.array_equal(first, again) and not np.array_equal(first, other)
     assert "preset ultra_fast: 12 steps, guidance 3.5" in caplog.text
     assert "with flux-dev (flow-matching Euler)" in caplog.text and "step 12/12" in caplog.text
@@ -53,17 +53,17 @@ def test_flux_dev_generates_with_its_presets(multi, caplog) -> None:
 
 def test_flux_schnell_defaults_to_four_steps_without_guidance(multi, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        out = multi.predict(**predict_inputs(model="flux-schnell", num_inference_steps=None, width=128, height=96))
+        out = multi.predict_sync(**predict_inputs(model="flux-schnell", num_inference_steps=None, width=128, height=96))
     assert Image.open(out[0]).size == (128, 96)
     assert "preset balanced: 4 steps, guidance 0.0" in caplog.text
 
 
 def test_switching_models_loads_each_once(multi, caplog) -> None:
-    multi.predict(**predict_inputs(model="flux-schnell"))
+    multi.predict_sync(**predict_inputs(model="flux-schnell"))
     with caplog.at_level(logging.INFO):
-        multi.predict(**predict_inputs(model="sdxl"))
-        multi.predict(**predict_inputs(model="flux-schnell"))
-        multi.predict(**predict_inputs())
+        multi.predict_sync(**predict_inputs(model="sdxl"))
+        multi.predict_sync(**predict_inputs(model="flux-schnell"))
+        multi.predict_sync(**predict_inputs())
     assert " loaded in " not in caplog.text
     assert caplog.text.count("already loaded; reusing it") >= 3
 
@@ -79,7 +79,7 @@ def test_switching_models_loads_each_once(multi, caplog) -> None:
 )
 def test_options_flux_cannot_honour_are_refused(multi, overrides: dict, field: str, words: str) -> None:
     with pytest.raises(InputError) as caught:
-        multi.predict(**predict_inputs(model="flux-dev", **overrides))
+        multi.predict_sync(**predict_inputs(model="flux-dev", **overrides))
     assert caught.value.field == field and words in str(caught.value)
 
 
@@ -95,16 +95,16 @@ def test_least_recently_used_model_is_evicted_when_memory_is_short(multi, monkey
 
     for key in [k for k in MODEL_CACHE.ids() if k.startswith("flux-dev:")]:
         MODEL_CACHE.evict(key)
-    multi.predict(**predict_inputs(model="flux-schnell"))
-    multi.predict(**predict_inputs(model="sdxl"))  # flux-schnell is now the least recently used
+    multi.predict_sync(**predict_inputs(model="flux-schnell"))
+    multi.predict_sync(**predict_inputs(model="sdxl"))  # flux-schnell is now the least recently used
     monkeypatch.setenv("MODEL_MEMORY_BUDGET_GB", str(MODEL_CACHE.resident_bytes() / 1e9))  # no room for more
     with caplog.at_level(logging.INFO):
-        multi.predict(**predict_inputs(model="flux-dev"))
+        multi.predict_sync(**predict_inputs(model="flux-dev"))
     assert "(least recently used) to make room for flux-dev:" in caplog.text
     assert not any(key.startswith("flux-schnell:") for key in MODEL_CACHE.ids())
     monkeypatch.delenv("MODEL_MEMORY_BUDGET_GB")
     with caplog.at_level(logging.INFO):
-        multi.predict(**predict_inputs(model="flux-schnell"))  # loads again
+        multi.predict_sync(**predict_inputs(model="flux-schnell"))  # loads again
     assert "model flux-schnell:" in caplog.text and " loaded in " in caplog.text
 
 
@@ -133,7 +133,7 @@ def test_adetailer_with_flux_uses_flux_inpaint_on_the_same_weights(multi, caplog
 
 
 def test_adetailer_flag_over_flux_request(multi) -> None:
-    out = multi.predict(**predict_inputs(model="flux-schnell", adetailer=True, adetailer_hands=True))
+    out = multi.predict_sync(**predict_inputs(model="flux-schnell", adetailer=True, adetailer_hands=True))
     assert Image.open(out[0]).size == (64, 64)
 
 
@@ -145,11 +145,11 @@ def test_flux_identity_with_the_xlabs_adapter(multi, tmp_path, monkeypatch, capl
     monkeypatch.setenv("FLUX_IP_ADAPTER_WEIGHTS", str(build_flux_ip_adapter(tmp_path / "flux-ip", "tiny")))
     face = tmp_path / "face.png"
     Image.fromarray(data.astronaut()).save(face)
-    plain = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
+    plain = pixels(multi.predict_sync(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
     with caplog.at_level(logging.INFO):
-        first = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=Path(face))))
-        again = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=Path(face))))
-    after = pixels(multi.predict(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
+        first = pixels(multi.predict_sync(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=Path(face))))
+        again = pixels(multi.predict_sync(**predict_inputs(model="flux-dev", seed=8, output_format="png", face_image=Path(face))))
+    after = pixels(multi.predict_sync(**predict_inputs(model="flux-dev", seed=8, output_format="png")))
     assert "IP-Adapter xlabs: identity from face_image at scale 0.65" in caplog.text
     assert "embedding cache hit" in caplog.text
     assert not np.array_equal(plain, first) and np.array_equal(first, again)
@@ -192,7 +192,7 @@ def test_a_refused_request_loads_downloads_and_evicts_nothing(multi, overrides: 
         MODEL_CACHE.evict(key)
     before = MODEL_CACHE.ids()
     with pytest.raises(InputError):
-        multi.predict(**predict_inputs(model="flux-dev", **overrides))
+        multi.predict_sync(**predict_inputs(model="flux-dev", **overrides))
     assert MODEL_CACHE.ids() == before
 
 
@@ -210,9 +210,9 @@ def test_flux_dev_img2img_and_inpainting_share_the_loaded_weights(multi, tmp_pat
     source.save(tmp_path / "image.png")
     mask.save(tmp_path / "mask.png")
     common = dict(model="flux-dev", output_format="png", num_inference_steps=4, width=96, height=64)
-    img2img = multi.predict(**predict_inputs(**common, image=Path(tmp_path / "image.png"), prompt_strength=0.5))
+    img2img = multi.predict_sync(**predict_inputs(**common, image=Path(tmp_path / "image.png"), prompt_strength=0.5))
     assert Image.open(img2img[0]).size == (96, 64)
-    inpaint = multi.predict(**predict_inputs(**common, image=Path(tmp_path / "image.png"), mask=Path(tmp_path / "mask.png")))
+    inpaint = multi.predict_sync(**predict_inputs(**common, image=Path(tmp_path / "image.png"), mask=Path(tmp_path / "mask.png")))
     out = np.asarray(Image.open(inpaint[0]).convert("RGB"))
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], np.asarray(source)[outside])

@@ -44,7 +44,7 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def run(predictor, **overrides: object) -> Path:
     inputs = predict_inputs(**{"output_format": "png", "num_inference_steps": 4, **overrides})
-    return predictor.predict(**inputs)[0]
+    return predictor.predict_sync(**inputs)[0]
 
 
 @pytest.fixture

@@ -31,26 +31,26 @@ def pixels(outputs: list) -> np.ndarray:
 
 
 def test_reference_face_changes_the_image_and_absence_changes_nothing(predictor, adapter_env, face, caplog) -> None:
-    baseline = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png")))
+    baseline = pixels(predictor.predict_sync(**predict_inputs(seed=40, output_format="png")))
     with caplog.at_level(logging.INFO):
-        with_face = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png", face_image=Path(face))))
+        with_face = pixels(predictor.predict_sync(**predict_inputs(seed=40, output_format="png", face_image=Path(face))))
     assert not np.array_equal(baseline, with_face)
     assert "IP-Adapter plus-face: identity from face_image at scale 0.65" in caplog.text
     # the adapter is now loaded; a request without face_image is pixel-identical to before it was
-    after = pixels(predictor.predict(**predict_inputs(seed=40, output_format="png")))
+    after = pixels(predictor.predict_sync(**predict_inputs(seed=40, output_format="png")))
     assert np.array_equal(baseline, after)
 
 
 def test_scale_zero_equals_no_adapter(predictor, adapter_env, face) -> None:
-    baseline = pixels(predictor.predict(**predict_inputs(seed=41, output_format="png")))
-    zero = pixels(predictor.predict(**predict_inputs(seed=41, output_format="png", face_image=Path(face), ip_adapter_scale=0.0)))
+    baseline = pixels(predictor.predict_sync(**predict_inputs(seed=41, output_format="png")))
+    zero = pixels(predictor.predict_sync(**predict_inputs(seed=41, output_format="png", face_image=Path(face), ip_adapter_scale=0.0)))
     assert np.array_equal(baseline, zero)
 
 
 def test_preset_scale_and_override(predictor, adapter_env, face, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        predictor.predict(**predict_inputs(preset="quality", num_inference_steps=2, face_image=Path(face)))
-        predictor.predict(**predict_inputs(face_image=Path(face), ip_adapter_scale=1.2))
+        predictor.predict_sync(**predict_inputs(preset="quality", num_inference_steps=2, face_image=Path(face)))
+        predictor.predict_sync(**predict_inputs(face_image=Path(face), ip_adapter_scale=1.2))
     assert "at scale 0.8" in caplog.text and "at scale 1.2" in caplog.text
 
 
@@ -63,8 +63,8 @@ def test_embedding_is_computed_once_per_distinct_image(predictor, adapter_env, t
     copy = tmp_path / "same-coffee.webp"
     Image.open(fresh).save(copy, lossless=True)  # same pixels, another file and format
     with caplog.at_level(logging.INFO):
-        first = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=Path(fresh))))
-        second = pixels(predictor.predict(**predict_inputs(seed=43, output_format="png", face_image=Path(copy))))
+        first = pixels(predictor.predict_sync(**predict_inputs(seed=43, output_format="png", face_image=Path(fresh))))
+        second = pixels(predictor.predict_sync(**predict_inputs(seed=43, output_format="png", face_image=Path(copy))))
     assert caplog.text.count("reference image embedded in") == 1
     assert "reference image embedding cache hit" in caplog.text
     assert np.array_equal(first, second)
@@ -74,19 +74,19 @@ def test_bad_face_image_is_refused_and_service_keeps_working(predictor, adapter_
     junk = tmp_path / "face.jpg"
     junk.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(InputError) as caught:
-        predictor.predict(**predict_inputs(face_image=Path(junk)))
+        predictor.predict_sync(**predict_inputs(face_image=Path(junk)))
     assert caught.value.field == "face_image"
-    assert predictor.predict(**predict_inputs())
+    assert predictor.predict_sync(**predict_inputs())
 
 
 def test_plain_variant(predictor, ip_adapter_weights, face, monkeypatch, caplog) -> None:
     monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(ip_adapter_weights))
     monkeypatch.setenv("IP_ADAPTER_VARIANT", "plain")
-    baseline = pixels(predictor.predict(**predict_inputs(seed=42, output_format="png")))
+    baseline = pixels(predictor.predict_sync(**predict_inputs(seed=42, output_format="png")))
     with caplog.at_level(logging.INFO):
-        plain = pixels(predictor.predict(**predict_inputs(seed=42, output_format="png", face_image=Path(face))))
+        plain = pixels(predictor.predict_sync(**predict_inputs(seed=42, output_format="png", face_image=Path(face))))
     assert "IP-Adapter plain" in caplog.text and not np.array_equal(baseline, plain)
-    assert np.array_equal(baseline, pixels(predictor.predict(**predict_inputs(seed=42, output_format="png"))))
+    assert np.array_equal(baseline, pixels(predictor.predict_sync(**predict_inputs(seed=42, output_format="png"))))
 
 
 def test_missing_adapter_weights_say_where_they_were_expected(predictor, face, tmp_path, monkeypatch) -> None:
@@ -94,13 +94,13 @@ def test_missing_adapter_weights_say_where_they_were_expected(predictor, face, t
 
     monkeypatch.setenv("IP_ADAPTER_WEIGHTS", str(tmp_path / "nothing-here"))
     with pytest.raises(IPAdapterUnavailable, match="nothing-here.*ip-adapter-plus-face_sdxl_vit-h.safetensors"):
-        predictor.predict(**predict_inputs(face_image=Path(face)))
-    assert predictor.predict(**predict_inputs())
+        predictor.predict_sync(**predict_inputs(face_image=Path(face)))
+    assert predictor.predict_sync(**predict_inputs())
 
 
 def test_storyboard_with_one_identity(predictor, adapter_env, face, caplog) -> None:
     with caplog.at_level(logging.INFO):
-        outputs = predictor.predict(**predict_inputs(
+        outputs = predictor.predict_sync(**predict_inputs(
             prompt="", scenes="waking up\ncooking breakfast", character="a woman with short hair",
             face_image=Path(face), output_format="png",
         ))
@@ -122,7 +122,7 @@ def test_a_preload_waits_for_a_request_denoising_on_the_same_pipeline(predictor,
     model_id = predictor.service.default_source.model_id
     inputs = predict_inputs(seed=9, num_inference_steps=4, output_format="png")
     MODEL_CACHE.evict(model_id)  # a fresh pipeline without the adapter (it goes with the model)
-    alone = pixels(predictor.predict(**inputs))
+    alone = pixels(predictor.predict_sync(**inputs))
     MODEL_CACHE.evict(model_id)
 
     in_pipeline = threading.Event()
@@ -145,6 +145,6 @@ def test_a_preload_waits_for_a_request_denoising_on_the_same_pipeline(predictor,
 
     monkeypatch.setattr(family, "load_ip_adapter", slow_load)
     monkeypatch.setattr(progress.StepProgress, "__call__", step)
-    raced = pixels(predictor.predict(**inputs))
+    raced = pixels(predictor.predict_sync(**inputs))
     preloads[0].join(60)
     assert np.array_equal(alone, raced)

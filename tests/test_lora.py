@@ -95,7 +95,7 @@ def lora_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def pixels(predictor, **overrides: object) -> np.ndarray:
-    out = predictor.predict(**predict_inputs(**{"output_format": "png", **overrides}))[0]
+    out = predictor.predict_sync(**predict_inputs(**{"output_format": "png", **overrides}))[0]
     return np.asarray(Image.open(out)).astype(np.int16)
 
 
@@ -225,9 +225,9 @@ def test_lora_with_face_adetailer_storyboard_and_image(predictor, lora_server, l
     Image.fromarray((np.random.RandomState(2).rand(64, 64, 3) * 255).astype(np.uint8)).save(face)
     with caplog.at_level(logging.INFO):
         with_face = pixels(predictor, lora_weights=url, face_image=Path(face))
-        predictor.predict(**predict_inputs(lora_weights=url, adetailer=True))
-        predictor.predict(**predict_inputs(lora_weights=url, scenes="a harbour\na market", prompt="", num_inference_steps=2))
-        predictor.predict(**predict_inputs(lora_weights=url, image=Path(face), mask=Path(face), prompt_strength=0.5))
+        predictor.predict_sync(**predict_inputs(lora_weights=url, adetailer=True))
+        predictor.predict_sync(**predict_inputs(lora_weights=url, scenes="a harbour\na market", prompt="", num_inference_steps=2))
+        predictor.predict_sync(**predict_inputs(lora_weights=url, image=Path(face), mask=Path(face), prompt_strength=0.5))
     assert not np.array_equal(with_face, pixels(predictor, face_image=Path(face)))
     assert caplog.text.count("LoRA: adapters off, base model restored") == 4
     assert "ADetailer face: " in caplog.text and "storyboard: 2 scenes" in caplog.text and "inpainting 1 image(s)" in caplog.text
@@ -287,7 +287,7 @@ from tests.conftest import predict_inputs
 predictor = Predictor()
 predictor.setup(sys.argv[2])
 def run(**overrides):
-    out = predictor.predict(**predict_inputs(output_format="png", **overrides))[0]
+    out = predictor.predict_sync(**predict_inputs(output_format="png", **overrides))[0]
     return np.asarray(Image.open(out)).astype(int)
 """
 

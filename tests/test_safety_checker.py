@@ -21,7 +21,7 @@ SEEDS = (99, 100, 200, 300)
 
 
 def picture(predictor, **overrides: object) -> Image.Image:
-    return Image.open(predictor.predict(**predict_inputs(**{"output_format": "png", **overrides}))[0]).convert("RGB")
+    return Image.open(predictor.predict_sync(**predict_inputs(**{"output_format": "png", **overrides}))[0]).convert("RGB")
 
 
 def save(model_and_processor: tuple, folder: Path) -> Path:
@@ -112,12 +112,12 @@ def test_the_checker_never_loads_when_disabled_and_loads_lazily_otherwise(predic
 def test_a_storyboard_sheet_holds_only_the_scenes_that_passed(predictor, tmp_path, monkeypatch) -> None:
     story = dict(prompt="", scenes="a harbour\na market\na ship", num_inference_steps=2, seed=8)
     monkeypatch.setenv("SAFETY_CHECKER_WEIGHTS", str(tmp_path / "none-yet"))
-    unchecked = predictor.predict(**predict_inputs(output_format="png", **story))
+    unchecked = predictor.predict_sync(**predict_inputs(output_format="png", **story))
     scenes = [Image.open(path).convert("RGB") for path in unchecked[:3]]
     full_size = Image.open(unchecked[-1]).size  # the next prediction clears this one's folder
     save(compvis("images", [scenes[1]], [scenes[0], scenes[2]]), tmp_path / "checker")
     monkeypatch.setenv("SAFETY_CHECKER_WEIGHTS", str(tmp_path / "checker"))
-    checked = predictor.predict(**predict_inputs(output_format="png", **story))
+    checked = predictor.predict_sync(**predict_inputs(output_format="png", **story))
     assert [path.name for path in checked] == ["scene-01.png", "scene-03.png", "contact-sheet.png"]
     assert Image.open(checked[-1]).size != full_size  # built from two scenes, not three
 

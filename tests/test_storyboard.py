@@ -35,7 +35,7 @@ def test_contact_sheet_grid() -> None:
 
 def test_three_scene_storyboard(predictor, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
-        outputs = predictor.predict(**predict_inputs(
+        outputs = predictor.predict_sync(**predict_inputs(
             prompt="", scenes="at the harbour\nin the market\non a ship", character="a sailor", seed=30, output_format="png",
         ))
     names = [Path(p).name for p in outputs]
@@ -48,5 +48,5 @@ def test_three_scene_storyboard(predictor, caplog: pytest.LogCaptureFixture) -> 
     assert "storyboard: 3 scenes in batches of 1" in caplog.text
     assert "scene 3 step 3/3" in caplog.text and "storyboard: 3 scenes in " in caplog.text
     # scene i uses seed + i: scene 2 alone, with its own prompt and seed 31, is the same picture
-    alone = predictor.predict(**predict_inputs(prompt="a sailor, in the market", seed=31, output_format="png"))
+    alone = predictor.predict_sync(**predict_inputs(prompt="a sailor, in the market", seed=31, output_format="png"))
     assert np.abs(np.asarray(Image.open(alone[0])).astype(int) - scenes[1].astype(int)).max() <= 2

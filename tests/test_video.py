@@ -34,7 +34,7 @@ def video_env(svd_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def animate(predictor, **overrides: object) -> list[Path]:
-    return predictor.predict(**predict_inputs(**{"animate": True, "preset": "ultra_fast", **overrides}))
+    return predictor.predict_sync(**predict_inputs(**{"animate": True, "preset": "ultra_fast", **overrides}))
 
 
 def test_one_image_becomes_an_h264_clip(predictor, video_env, caplog) -> None:

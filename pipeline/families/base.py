@@ -27,6 +27,7 @@ class Family:
     quantized: Mapping[str, str]  # component -> the profile setting that quantizes it while loading
     fp8_scope: str  # go_fast: a regular expression over the denoiser's module names, the Linear layers computed in fp8
     cfg_batch: bool  # classifier-free guidance above 1 runs the denoiser on a doubled batch
+    activation_bytes_1mp: int  # peak memory one image at 1 megapixel adds above the weights (bounds a batch)
 
     def doubles_batch(self, guidance_scale: float) -> bool:
         return self.cfg_batch and guidance_scale > 1

@@ -38,4 +38,7 @@ FLUX = FluxFamily(name="flux", denoiser_name="transformer", lora_components=("tr
                   quantized={"transformer": "flux_quantization", "text_encoder_2": "t5_quantization"},
                   # every Linear layer of the double and single blocks, where nearly all FLOPs are; the
                   # embedders and the output projection stay bf16
-                  fp8_scope=r"^(transformer_blocks|single_transformer_blocks)\.\d+\.", cfg_batch=False)
+                  fp8_scope=r"^(transformer_blocks|single_transformer_blocks)\.\d+\.", cfg_batch=False,
+                  # plain diffusers' 26.6 GB peak for one 1024x1024 image without T5 on an H100
+                  # (../shared/ENVIRONMENT.md), less the transformer's 23.8 GB and the VAE's 0.2 GB
+                  activation_bytes_1mp=int((26.6 - 23.8 - 0.2) * 1e9))

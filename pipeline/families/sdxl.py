@@ -35,7 +35,13 @@ class SDXLFamily(Family):
         return {"ip_adapter_image_embeds": [torch.cat(parts)]}
 
 
+# Activation memory of one SDXL image at 1024x1024 with guidance, fp16: plain diffusers' measured
+# 12.4 GB peak for one image (bench_results/gpu/2026-11-26-h200/sdxl.md, H200) less the 6.9 GB of
+# weights; the higher of the two peaks measured there, to stay on the safe side. Scales with pixels.
+SDXL_ACTIVATION_BYTES_1MP = int((12.4 - 6.9) * 1e9)
+
 SDXL = SDXLFamily(name="sdxl", denoiser_name="unet", lora_components=("unet", "text_encoder", "text_encoder_2"),
                   ip_adapter_setting="IP_ADAPTER_WEIGHTS", quantized={},
                   # the attention and feed-forward layers of every transformer block (the UNet's convolutions stay bf16)
-                  fp8_scope=r"\.transformer_blocks\.\d+\.(attn1|attn2|ff)\.", cfg_batch=True)
+                  fp8_scope=r"\.transformer_blocks\.\d+\.(attn1|attn2|ff)\.", cfg_batch=True,
+                  activation_bytes_1mp=SDXL_ACTIVATION_BYTES_1MP)

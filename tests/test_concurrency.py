@@ -1,0 +1,253 @@
+"""Concurrent predictions: compatible requests share a denoising batch, each caller keeps its own
+images, progress lines, metrics and cancellation, over the real Cog server with several slots."""
+
+from __future__ import annotations
+
+import contextvars
+import http.server
+import json
+import logging
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import AtCapacity, http_json, predict_inputs, serve
+
+STEPS = 3
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def decode(data_url: str) -> np.ndarray:
+    import base64
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
+def assert_same_picture(batched: np.ndarray, alone: np.ndarray, others: list[np.ndarray]) -> None:
+    """The batched image is the one its own prompt and seed make alone: equal, or at most one level
+    apart on a few pixels (the CPU's matrix kernels add in another order for another batch size,
+    docs/throughput.md), and unlike every other caller's."""
+    gap = np.abs(batched - alone)
+    assert gap.max() <= 1 and (gap > 0).mean() < 0.01, (gap.max(), (gap > 0).mean())
+    for other in others:
+        assert np.abs(batched - other).mean() > 5
+
+
+def run_threads(count: int, target) -> list:
+    results: list = [None] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = target(index)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return results
+
+
+def test_concurrent_requests_share_one_batch_each_with_its_own_prompt_and_seed(
+        predictor, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("BATCH_WINDOW_MS", "2000")  # long enough for three threads on two cores
+    prompts = ["a red bicycle", "a green lake", "a yellow house"]
+    with caplog.at_level(logging.INFO, logger="pipeline.coalesce"):
+        batched = run_threads(3, lambda i: pixels(predictor.predict_sync(**predict_inputs(
+            prompt=prompts[i], seed=70 + i, output_format="png", num_inference_steps=STEPS))[0]))
+    assert "batching 3 requests: 3 images together" in caplog.text
+    monkeypatch.setenv("BATCH_WINDOW_MS", "0")
+    alone = [pixels(predictor.predict_sync(**predict_inputs(prompt=prompts[i], seed=70 + i, output_format="png",
+                                                            num_inference_steps=STEPS))[0]) for i in range(3)]
+    for i in range(3):
+        assert_same_picture(batched[i], alone[i], [alone[j] for j in range(3) if j != i])
+
+
+def test_incompatible_requests_and_full_batches_run_apart(predictor, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    from pipeline.select import select_model
+
+    monkeypatch.setenv("BATCH_WINDOW_MS", "2000")
+    steps = [STEPS, STEPS, STEPS, STEPS + 1]  # the last one cannot share
+    service = predictor.service
+    model = select_model("sdxl", service.default_source, service.backend)
+    budget = dataclasses.replace(model.profile or service.backend.settings, max_batch_images=2)
+    monkeypatch.setattr(model, "profile", budget)  # the profile's budget: two images a batch
+    with caplog.at_level(logging.INFO, logger="pipeline.coalesce"):
+        run_threads(4, lambda i: predictor.predict_sync(**predict_inputs(seed=80 + i, num_inference_steps=steps[i])))
+    sizes = [int(line.split(": ")[1].split()[0]) for line in caplog.messages if line.startswith("batching ")]
+    assert sizes and max(sizes) <= 2
+
+
+def test_each_listener_gets_its_own_progress_lines_and_may_cancel(predictor) -> None:
+    """A batch's progress line goes to each caller in its own context (where Cog files it); a
+    cancelled caller gets no more lines, and the run stops once every caller has cancelled."""
+    from pipeline.generate import Batch, generate
+    from pipeline.progress import Canceled, Listener
+    from pipeline.select import select_model
+    from presets import resolve
+    from request.generation import parse_request
+    from request.inputs import split_inputs
+
+    caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="nobody")
+    heard: list[tuple[str, str]] = []
+
+    class Record(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append((caller.get(), record.getMessage()))
+
+    def listener_for(name: str) -> Listener:
+        def make() -> Listener:
+            caller.set(name)
+            return Listener()
+        return contextvars.copy_context().run(make)
+
+    service = predictor.service
+    model = select_model("sdxl", service.default_source, service.backend)
+    request = parse_request(split_inputs(predict_inputs(num_inference_steps=4))[0])
+    settings = resolve("sdxl", request.preset, 4, None, None)
+    handler = Record()
+    progress_log = logging.getLogger("pipeline.progress")
+    progress_log.addHandler(handler)
+    level = progress_log.level
+    progress_log.setLevel(logging.INFO)
+    try:
+        alice, bob = listener_for("alice"), listener_for("bob")
+        bob.cancelled.set()
+        batch = Batch(["one", "two"], 1, 5, seeds=[5, 6])
+        with model.lock:
+            result = generate(model, batch, request, settings, listeners=[alice, bob])
+        assert len(result.images) == 2 and result.steps == 4
+        assert [who for who, _ in heard] == ["alice"] * 4
+        assert all("step" in line for _, line in heard)
+        alice.cancelled.set()
+        with model.lock, pytest.raises(Canceled):
+            generate(model, batch, request, settings, listeners=[alice, bob])
+    finally:
+        progress_log.removeHandler(handler)
+        progress_log.setLevel(level)
+
+
+def test_a_lone_caller_does_not_wait_for_the_window(predictor, monkeypatch) -> None:
+    from service.job import run_request
+
+    monkeypatch.setenv("BATCH_WINDOW_MS", "3000")
+    service = predictor.service
+    started = time.perf_counter()
+    result = run_request(predict_inputs(seed=3), service.backend, service.default_source, service.available,
+                         predictor.outputs.root / "lone")
+    assert result.timings["batch_window_seconds"] < 0.5 and time.perf_counter() - started < 3
+    assert result.metrics()["batch_callers"] == 1
+
+
+class Webhooks(http.server.ThreadingHTTPServer):
+    """A loopback receiver for Cog's webhooks: the last event of each prediction, by id."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, dict] = {}
+        received = self.events
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                received[body["id"]] = body
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+@pytest.fixture(scope="module")
+def concurrent_server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    workdir = tmp_path_factory.mktemp("concurrent-server")
+    env = dict(COG_MAX_CONCURRENCY="4", BATCH_WINDOW_MS="100", SAFETY_CHECKER_WEIGHTS=str(workdir / "none"))
+    with serve(tiny_weights, workdir, env) as server:
+        yield server
+
+
+def test_eight_callers_on_four_slots_all_get_their_own_images(concurrent_server) -> None:
+    """8 callers at once on concurrency.max 4: those over capacity get 409 and retry, as Replicate's
+    queue does; none fails or is lost, each gets its own progress lines and metrics, and its image
+    is the one its prompt and seed make alone."""
+    url = concurrent_server.url
+    inputs = dict(width=64, height=64, num_inference_steps=STEPS, output_format="png")
+    rejected = [0] * 8
+
+    def call(index: int) -> dict:
+        body = {"input": {**inputs, "prompt": f"a city at night, {index}", "seed": 200 + index}}
+        for _ in range(600):
+            try:
+                return http_json(f"{url}/predictions", body)
+            except AtCapacity:
+                rejected[index] += 1
+                time.sleep(0.05)
+        raise TimeoutError("at capacity for 30 s")
+
+    answers = run_threads(8, call)
+    assert [answer["status"] for answer in answers] == ["succeeded"] * 8
+    assert sum(rejected) > 0  # 8 callers on 4 slots: the back-pressure is Cog's 409
+    for answer in answers:
+        steps = [line for line in answer["logs"].splitlines() if f"/{STEPS} [" in line and "step " in line]
+        assert len(steps) == STEPS, answer["logs"]
+        assert answer["metrics"]["steps"] == STEPS and answer["metrics"]["batch_callers"] >= 1
+    assert max(answer["metrics"]["batch_callers"] for answer in answers) > 1
+    alone = [decode(http_json(f"{url}/predictions", {"input": {**inputs, "prompt": f"a city at night, {i}",
+                                                               "seed": 200 + i}})["output"][0]) for i in range(8)]
+    for i, answer in enumerate(answers):
+        assert_same_picture(decode(answer["output"][0]), alone[i], [alone[j] for j in (i - 1, (i + 1) % 8)])
+
+
+def test_cancel_stops_only_that_prediction(concurrent_server) -> None:
+    """A cancelled prediction ends as canceled and its thread stops within a step: a prediction sent
+    after it is not held behind the steps it would have run."""
+    url = concurrent_server.url
+    hooks = Webhooks()
+    try:
+        slow = {"webhook": hooks.url, "webhook_events_filter": ["start", "completed"],
+                "input": {"prompt": "a slow one", "width": 256, "height": 256, "num_inference_steps": 100, "seed": 1}}
+        request = urllib.request.Request(f"{url}/predictions", data=json.dumps(slow).encode(),
+                                         headers={"Content-Type": "application/json", "Prefer": "respond-async"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            prediction = json.loads(response.read())["id"]
+        time.sleep(1.5)  # running by now: 100 steps at 256x256 take far longer than this on the CPU
+        assert prediction not in hooks.events or hooks.events[prediction]["status"] == "processing"
+        http_json(f"{url}/predictions/{prediction}/cancel", {})
+        started = time.perf_counter()
+        quick = http_json(f"{url}/predictions", {"input": {"prompt": "a quick one", "width": 64, "height": 64,
+                                                         "num_inference_steps": 2, "seed": 2}})
+        quick_wall = time.perf_counter() - started
+        deadline = time.monotonic() + 60
+        while hooks.events.get(prediction, {}).get("status") not in ("canceled", "succeeded", "failed"):
+            assert time.monotonic() < deadline, hooks.events
+            time.sleep(0.1)
+        assert hooks.events[prediction]["status"] == "canceled"
+        assert quick["status"] == "succeeded"
+        steps_seen = [line for line in hooks.events[prediction]["logs"].splitlines() if "/100 [" in line]
+        assert len(steps_seen) < 100
+        per_step = 1.5 / max(len(steps_seen), 1)
+        assert quick_wall < per_step * (100 - len(steps_seen)) / 2, (quick_wall, per_step, len(steps_seen))
+    finally:
+        hooks.shutdown()
