@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device command per PART: every CUDA path and speed target, checked on a bare H100/H200.
 #
-#   bench/gpu_check.sh sdxl|flux|fast|extras|features  on the device (after bench/gpu_wheels.sh here)
+#   bench/gpu_check.sh sdxl|flux|fast|extras|features|throughput  on the device (after bench/gpu_wheels.sh here)
 #   GPU_CHECK_REHEARSAL=1 bench/gpu_check.sh P  the same sequence on the CPU with tiny weights
 #   bench/gpu_check.sh --rehearsal-venv DIR     make a Python 3.12 venv with the device's versions
 #
@@ -34,8 +34,8 @@ if [ "${1:-}" = "--rehearsal-venv" ]; then
   exit 0
 fi
 
-PART="${1:?usage: gpu_check.sh sdxl|flux|fast|extras|features}"
-case "$PART" in sdxl|flux|fast|extras|features) ;; *) echo "unknown part $PART: sdxl, flux, fast, extras or features" >&2; exit 2 ;; esac
+PART="${1:?usage: gpu_check.sh sdxl|flux|fast|extras|features|throughput}"
+case "$PART" in sdxl|flux|fast|extras|features|throughput) ;; *) echo "unknown part $PART: sdxl, flux, fast, extras, features or throughput" >&2; exit 2 ;; esac
 REHEARSAL="${GPU_CHECK_REHEARSAL:-0}"
 WORK="${GPU_CHECK_WORK:-/tmp/gpu-check}"
 OUT="${OUT:-$WORK/out}"
@@ -51,12 +51,14 @@ if [ "$REHEARSAL" = 1 ]; then
   SDXL_CASES=64x64x2,128x128x2; SDXL_CASE=64x64x2; FLUX_CASE=64x64x2; SCHNELL_CASE=64x64x4; RUNS=1; ABLATE_RUNS=1; IMAGE_SIZE=128
   LORA_RANKS=4; SAFETY_FLAGS=--tiny; SVD_SIZE=tiny; VIDEO_FLAGS="--scenes 2 --preset ultra_fast"
   GO_FAST_RECIPE=compile  # no fp8 tensor cores on a CPU: the compile alone, through inductor as on the GPU
+  THROUGHPUT_SDXL="--size 64 --steps 4"; THROUGHPUT_SCHNELL="--size 64 --steps 4"
   export CUDA_VISIBLE_DEVICES=""  # a rehearsal never touches a GPU, even on a machine with one
 else
   DEVICE=cuda; SDXL_SIZE=full; FLUX_DEV=dev; FLUX_SCHNELL=schnell; ADAPTER_SIZE=full
   SDXL_CASES=1024x1024x20,768x768x15; SDXL_CASE=1024x1024x20; FLUX_CASE=1024x1024x28; SCHNELL_CASE=1024x1024x4
   RUNS=5; ABLATE_RUNS=3; IMAGE_SIZE=1024; LORA_RANKS=16,64; SAFETY_FLAGS=; SVD_SIZE=full; VIDEO_FLAGS=
   GO_FAST_RECIPE=auto
+  THROUGHPUT_SDXL="--size 1024 --steps 20"; THROUGHPUT_SCHNELL="--size 1024 --steps 4"
 fi
 W="$WORK/weights"
 SDXL_W="$W/sdxl-$SDXL_SIZE"; FLUX_W="$W/flux-$FLUX_DEV"; SCHNELL_W="$W/flux-$FLUX_SCHNELL"; ADAPTER_W="$W/ip-adapter-$ADAPTER_SIZE"
@@ -233,10 +235,24 @@ fast_artifact() {
   COMPILE_CACHE_DIR="$WORK/compile-cache" "$PYTHON" bench/build_compile_cache.py --model sdxl --weights "$SDXL_W" \
     --cases "$SDXL_CASE" --out "$STEP_DIR"
 }
+# the throughput part (issue #27): the real server on 4 slots, 1 and 4 callers, without batching and
+# with the default window, images/s, p50/p95 and each image against the same request alone
+throughput_sdxl() {
+  "$PYTHON" bench/bench_throughput.py --model sdxl --weights "$SDXL_W" $THROUGHPUT_SDXL --callers 1,4 --requests 3 \
+    --windows 0,10 --out "$STEP_DIR/throughput.json"
+}
+throughput_schnell_weights() {
+  rm -rf "${W:?}"/sdxl-*  # the disk holds one family
+  flux_weights
+}
+throughput_schnell() {
+  "$PYTHON" bench/bench_throughput.py --model flux-schnell --weights "$SCHNELL_W" $THROUGHPUT_SCHNELL --callers 1,4 \
+    --requests 3 --windows 0,10 --out "$STEP_DIR/throughput.json"
+}
 export -f environment sdxl_weights flux_weights gpu_paths sdxl_generation sdxl_coldstart sdxl_url_coldstart sdxl_imports sdxl_bytecode sdxl_ablation \
   flux_generation flux_schnell flux_coldstart extras_identity extras_image_modes extras_lora extras_safety features_video extras_adetailer extras_compile \
-  fast_flux_dev fast_schnell fast_sdxl_weights fast_sdxl fast_artifact
-export W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
+  fast_flux_dev fast_schnell fast_sdxl_weights fast_sdxl fast_artifact throughput_sdxl throughput_schnell_weights throughput_schnell
+export THROUGHPUT_SDXL THROUGHPUT_SCHNELL W DEVICE SDXL_SIZE SDXL_W FLUX_DEV FLUX_W FLUX_SCHNELL SCHNELL_W ADAPTER_SIZE ADAPTER_W \
   SDXL_CASES SDXL_CASE FLUX_CASE SCHNELL_CASE RUNS ABLATE_RUNS IMAGE_SIZE LORA_RANKS SAFETY_FLAGS SVD_SIZE VIDEO_FLAGS GO_FAST_RECIPE
 
 # 2. The part's steps, most valuable first.
@@ -280,6 +296,13 @@ case "$PART" in
     step lora 150 extras_lora
     step safety 90 extras_safety
     step video 300 features_video
+    ;;
+  throughput)
+    # concurrent callers on one GPU; one device command of at most 8 minutes (GPU_CHECK_DEADLINE_S=480)
+    step weights 240 sdxl_weights
+    step sdxl 200 throughput_sdxl
+    step schnell_weights 200 throughput_schnell_weights
+    step schnell 150 throughput_schnell
     ;;
 esac
 echo "gpu_check $PART done $(date -u +%FT%TZ)"

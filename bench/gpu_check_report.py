@@ -48,6 +48,28 @@ def url_ready_over_cap_time(result: dict[str, Any]) -> Optional[float]:
 
 GO_FAST = "go_fast=auto"
 
+
+def throughput_row(callers: int, field: str, window_ms: float = 10.0) -> Reader:
+    def read(result: dict[str, Any]) -> Optional[float]:
+        for row in result.get("rows", []):
+            if (row["callers"], row["kind"], row["window_ms"]) == (callers, "closed", window_ms):
+                return row[field]
+        return None
+
+    return read
+
+
+def throughput_gain(result: dict[str, Any]) -> Optional[float]:
+    """Images/s with 4 callers over 1, with batching (bench_throughput.py's window-10 rows)."""
+    four, one = throughput_row(4, "images_per_second")(result), throughput_row(1, "images_per_second")(result)
+    return four / one if four and one else None
+
+
+def p95_over_solo(result: dict[str, Any]) -> Optional[float]:
+    """p95 latency with 4 callers over one caller's median."""
+    four, one = throughput_row(4, "p95_s")(result), throughput_row(1, "p50_s")(result)
+    return four / one if four and one else None
+
 TARGETS: list[tuple[str, str, str, Reader, str, float]] = [
     ("sdxl", "SDXL READY − `import torch` (warm cache)", "coldstart", ready_over_floor, "<=", 2.0),
     ("sdxl", "SDXL READY from a URL ÷ (size ÷ the harness's cap)", "url_coldstart", url_ready_over_cap_time, "<=", 1.2),
@@ -66,6 +88,12 @@ TARGETS: list[tuple[str, str, str, Reader, str, float]] = [
     ("fast", "Flux-schnell 1024²/4 lossless s per image", "schnell", generation_row(1024, 1024, 4, "service_median_s"), "<=", 0.65),
     ("fast", "SDXL 1024²/20 go_fast s per image", "sdxl", generation_row(1024, 1024, 20, "service_median_s", GO_FAST), "<=", 0.60),
     ("fast", "SDXL 1024²/20 lossless s per image", "sdxl", generation_row(1024, 1024, 20, "service_median_s"), "<=", 0.80),
+    # issue #27, throughput (bench_throughput.py: 4 slots, batching window 10 ms)
+    ("throughput", "SDXL 1024²/20 images/s, 4 callers ÷ 1", "sdxl", throughput_gain, ">=", 1.8),
+    ("throughput", "SDXL 1024²/20 p95 latency, 4 callers ÷ solo", "sdxl", p95_over_solo, "<=", 2.5),
+    ("throughput", "SDXL 1024²/20 failed or lost, 4 callers", "sdxl",
+     lambda r: (throughput_row(4, "failed")(r) or 0) + (throughput_row(4, "lost")(r) or 0)
+     if throughput_row(4, "failed")(r) is not None else None, "<=", 0),
 ]
 
 

@@ -41,7 +41,8 @@ def server_env(port: int, weights: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env["COG_PREDICT_TYPE_STUB"] = "predict.py:Predictor"
     env["PORT"] = str(port)
-    env.setdefault("COG_MAX_CONCURRENCY", str(cog_concurrency()))
+    if not env.get("COG_MAX_CONCURRENCY"):
+        env["COG_MAX_CONCURRENCY"] = str(cog_concurrency())
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if weights:
         env[MODELS[default_model_name()].weights_env] = weights

@@ -36,9 +36,6 @@ from service.outputs import save_images
 
 log = logging.getLogger(__name__)
 
-# BATCH_WINDOW_MS when unset and several predictions may run at once (see bench/bench_throughput.py)
-BATCH_WINDOW_DEFAULT_MS = 10.0
-
 
 @dataclass
 class JobResult:
@@ -57,6 +54,7 @@ class JobResult:
     fp8_layers: int = 0  # Linear layers that computed in fp8
     batch_images: int = 0  # images denoised together with this request's (its own included)
     batch_callers: int = 1  # requests in that batch (pipeline.coalesce)
+    cuda_graph_captures: int = 0  # the model's CUDA graphs captured so far, one per denoiser input shape
 
     def outputs(self) -> tuple[list[Any], Optional[list[str]]]:
         """Images to save and their file names (None: ``out-<i>``); a storyboard ends with its sheet."""
@@ -71,6 +69,7 @@ class JobResult:
             "seed": self.seed, "steps": self.steps, "generation_seconds": round(self.generation_seconds, 4),
             "go_fast": self.go_fast, "fast_path": self.fast_path, "fp8_layers": self.fp8_layers,
             "batch_images": self.batch_images, "batch_callers": self.batch_callers,
+            "cuda_graph_captures": self.cuda_graph_captures,
         }
         if self.sheet is not None:
             values["seconds_per_scene"] = round(self.generation_seconds / len(self.images), 4)
@@ -191,7 +190,8 @@ def _run(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, avail
     result = JobResult(checked.images, checked.prompts, seed, generation_seconds, steps, timings=timings,
                        numbers=checked.numbers, counts=checked.counts, go_fast=job.go_fast, fast_path=fast_path,
                        fp8_layers=model.fast.fp8_layers if fast_path != "exact" and model.fast is not None else 0,
-                       batch_images=batch_images, batch_callers=batch_callers)
+                       batch_images=batch_images, batch_callers=batch_callers,
+                       cuda_graph_captures=sum(getattr(model.graphs, "captures", {}).values()))
 
     # 10. The outputs: MP4 clips when animated; else the images (a storyboard's with its contact sheet).
     if request.animate:
@@ -210,7 +210,7 @@ def _batch_window_s() -> float:
     """The batching window (``BATCH_WINDOW_MS``); 0 where only one prediction runs at a time."""
     window = service_settings.get("BATCH_WINDOW_MS")
     if window is None:
-        window = BATCH_WINDOW_DEFAULT_MS if service_settings.get("COG_MAX_CONCURRENCY") > 1 else 0.0
+        window = service_settings.BATCH_WINDOW_DEFAULT_MS if service_settings.get("COG_MAX_CONCURRENCY") > 1 else 0.0
     return max(0.0, window) / 1000
 
 

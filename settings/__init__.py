@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 TRUE = ("1", "true", "yes", "on")
+# BATCH_WINDOW_MS when unset and several predictions may run at once: 10x the longest wait for
+# companions measured in bench_throughput.py's bursts (docs/throughput.md), still a few ms
+BATCH_WINDOW_DEFAULT_MS = 10.0
 FALSE = ("0", "false", "no", "off")
 
 
@@ -75,12 +78,12 @@ SETTINGS: Mapping[str, Setting] = {s.name: s for s in (
     Setting("COMPILE_CACHE_DIR", Path, Path("weights/compile-cache"),
             "Where bench/build_compile_cache.py writes compile artifacts, one file per model, GPU model and torch version."),
     Setting("COG_MAX_CONCURRENCY", int, 1,
-            "Predictions the server runs at once: Cog sets it from cog.yaml's concurrency.max, and scripts/serve.py "
-            "does the same. One more gets 409 At capacity."),
+            "Predictions the server runs at once: Cog sets it from cog.yaml's concurrency.max (4), and scripts/serve.py "
+            "does the same. One more caller gets 409 At capacity."),
     Setting("BATCH_WINDOW_MS", float, None,
             "How long the first of several concurrent, compatible text-to-image requests waits for others to join its "
             "denoising batch, and only while others are on their way (a lone caller never waits). 0: no batching. "
-            "Unset: BATCH_WINDOW_DEFAULT_MS when COG_MAX_CONCURRENCY is above 1, else 0."),
+            f"Unset: {BATCH_WINDOW_DEFAULT_MS:g} when COG_MAX_CONCURRENCY is above 1, else 0."),
     Setting("IP_ADAPTER_WEIGHTS", Path, Path("weights/ip-adapter"), "SDXL IP-Adapter folder, in h94/IP-Adapter's layout."),
     Setting("FLUX_IP_ADAPTER_WEIGHTS", Path, Path("weights/flux-ip-adapter"), "Flux IP-Adapter folder, in XLabs' layout."),
     Setting("IP_ADAPTER_VARIANT", str, None, "plus-face or plain (SDXL), xlabs (Flux). Unset: the first one present."),

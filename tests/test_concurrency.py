@@ -155,6 +155,25 @@ def test_a_lone_caller_does_not_wait_for_the_window(predictor, monkeypatch) -> N
     assert result.metrics()["batch_callers"] == 1
 
 
+def test_output_folders_outlive_the_predictions_cog_may_still_be_reading(tmp_path, monkeypatch) -> None:
+    """A folder stays until 4 x COG_MAX_CONCURRENCY later predictions have finished; a failed
+    prediction's goes at once."""
+    from service.outputs import OutputFolders
+
+    monkeypatch.setenv("COG_MAX_CONCURRENCY", "2")
+    folders = OutputFolders(tmp_path)
+    made = []
+    for _ in range(9):
+        with folders.fresh() as folder:
+            folder.mkdir()
+            made.append(folder)
+    assert [folder.exists() for folder in made] == [False] + [True] * 8
+    with pytest.raises(RuntimeError), folders.fresh() as failed:
+        failed.mkdir()
+        raise RuntimeError("the prediction failed")
+    assert not failed.exists()
+
+
 class Webhooks(http.server.ThreadingHTTPServer):
     """A loopback receiver for Cog's webhooks: the last event of each prediction, by id."""
 

@@ -32,7 +32,8 @@ def test_a_new_family_is_served_through_the_registry(tiny_weights, monkeypatch) 
             return model
 
     sketch = SketchFamily(name="sketch", denoiser_name="unet", lora_components=("unet",),
-                          ip_adapter_setting="IP_ADAPTER_WEIGHTS", quantized={}, fp8_scope=SDXL.fp8_scope, cfg_batch=True)
+                          ip_adapter_setting="IP_ADAPTER_WEIGHTS", quantized={}, fp8_scope=SDXL.fp8_scope, cfg_batch=True,
+                          activation_bytes_1mp=SDXL.activation_bytes_1mp)
     monkeypatch.setitem(FAMILIES, "sketch", sketch)
     monkeypatch.setitem(MODELS, "sketch-xl", dataclasses.replace(MODELS["sdxl"], name="sketch-xl", family="sketch"))
     monkeypatch.setenv("SDXL_WEIGHTS", str(tiny_weights))

@@ -76,9 +76,12 @@ def test_bad_input_raises_and_the_predictor_keeps_working(predictor) -> None:
 
 
 def test_previous_outputs_are_cleaned_up(predictor) -> None:
+    """Kept while Cog may still read them (4 x COG_MAX_CONCURRENCY later predictions), then removed."""
     first = Path(predictor.predict_sync(**predict_inputs())[0])
-    second = Path(predictor.predict_sync(**predict_inputs())[0])
-    assert second.exists() and not first.exists()
+    later = [Path(predictor.predict_sync(**predict_inputs())[0]) for _ in range(3)]
+    assert first.exists()
+    last = Path(predictor.predict_sync(**predict_inputs())[0])  # the 4th later one
+    assert last.exists() and all(path.exists() for path in later) and not first.exists()
 
 
 def test_setup_does_not_load_a_loaded_model_twice(predictor, tiny_weights: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -18,7 +18,7 @@ def test_the_script_parses_and_refuses_an_unknown_part(tmp_path: Path) -> None:
     subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")], check=True)
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "video"], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
-    assert result.returncode == 2 and "unknown part video: sdxl, flux, fast, extras or features" in result.stderr
+    assert result.returncode == 2 and "unknown part video: sdxl, flux, fast, extras, features or throughput" in result.stderr
 
 
 def generation_row(width: int, height: int, steps: int, service_s: float, plain_s: float, variant: str = "defaults") -> dict:

@@ -103,3 +103,31 @@ def test_concurrent_requests_for_one_model_size_it_and_make_room_once(predictor,
         thread.join(120)
     assert len(models) == 2 and models[0] is models[1]
     assert sized == [source.model_id]
+
+
+def test_a_model_in_use_is_evicted_only_when_its_request_lets_go() -> None:
+    """Predictions run concurrently: evicting a model a request is generating with would free
+    nothing until that request ends, so the eviction waits for the model's lock."""
+    import threading
+    import time
+
+    class Model:
+        def __init__(self) -> None:
+            self.lock = threading.RLock()
+
+    cache = ModelCache()
+    busy = cache.get_or_load("sdxl:/a", Model, size_bytes=60)
+    free = lambda: 100 - cache.resident_bytes()  # noqa: E731
+    released = threading.Event()
+
+    def request() -> None:
+        with busy.lock:
+            time.sleep(0.5)
+            released.set()
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    time.sleep(0.1)  # the request holds the model now
+    cache.make_room(60, free, keep="flux-dev:/b")
+    assert released.is_set() and cache.ids() == []
+    worker.join()

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+EVICT_WAIT_S = 600.0  # longest wait for a running request before its model is evicted under it
+
+
 class ModelCache:
     """Loaded objects keyed by id (a model is ``family:path``; things built on it embed that id)."""
 
@@ -88,17 +91,31 @@ class ModelCache:
     def make_room(self, needed: int, free: Callable[[], int], keep: str) -> None:
         """Evict least recently used models until ``needed`` bytes fit in ``free()``.
 
-        Only entries loaded with a size (whole models) are candidates; ``keep`` never is.
+        Only entries loaded with a size (whole models) are candidates; ``keep`` never is. A model a
+        request is using (its ``lock`` is held: predictions run concurrently) is dropped once that
+        request lets go, since only then is its memory free; after ``EVICT_WAIT_S`` it is dropped
+        anyway, logged, and its memory frees when the request ends.
         """
-        with self._lock:
-            while needed > free():
+        while True:
+            with self._lock:
+                if needed <= free():
+                    return
                 victims = [k for k in self._models if k != keep and self._sizes.get(k)]
                 if not victims:
                     log.warning("model %s needs %.1f GB, %.1f GB free, nothing left to evict", keep, needed / 1e9, free() / 1e9)
                     return
-                dropped = self.evict(victims[0])
-                log.info("evicted %s (least recently used) to make room for %s", ", ".join(dropped), keep)
-                release_memory()
+                victim = victims[0]
+                in_use = getattr(self._models[victim], "lock", None)
+            acquired = in_use.acquire(timeout=EVICT_WAIT_S) if in_use is not None else False
+            if in_use is not None and not acquired:
+                log.warning("model %s still in use after %.0f s; evicting it anyway", victim, EVICT_WAIT_S)
+            try:
+                dropped = self.evict(victim)
+            finally:
+                if acquired:
+                    in_use.release()
+            log.info("evicted %s (least recently used) to make room for %s", ", ".join(dropped), keep)
+            release_memory()
 
 
 def release_memory() -> None:

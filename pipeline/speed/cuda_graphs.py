@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator, Optional
 
@@ -126,6 +126,7 @@ class GraphedDenoiser:
         self.capture = capture or cuda_capture()
         self.graphs: OrderedDict[Hashable, Captured] = OrderedDict()
         self.eager: set[Hashable] = set()
+        self.captures: Counter[int] = Counter()  # graphs captured so far, by the denoiser's batch size
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
@@ -181,8 +182,10 @@ class GraphedDenoiser:
         captured = Captured(replay, inputs, output)
         self.graphs[key] = captured
         shapes = [tuple(x.shape) for x in leaves if isinstance(x, torch.Tensor)][:1]
-        log.info("%s: CUDA graph captured for input %s in %.2f s (%d kept)", self.name,
-                 shapes[0] if shapes else "()", time.perf_counter() - started, len(self.graphs))
+        self.captures[shapes[0][0] if shapes and shapes[0] else 1] += 1
+        log.info("%s: CUDA graph captured for input %s in %.2f s (%d kept; captured by batch size: %s)", self.name,
+                 shapes[0] if shapes else "()", time.perf_counter() - started, len(self.graphs),
+                 dict(sorted(self.captures.items())))
         return captured
 
 
