@@ -9,14 +9,15 @@ prediction that fails, or never answers within --timeout, is counted as failed o
 
 Reported per row: images/s over the row's wall time, p50/p95 latency (first POST to answer, 409
 retries included), the share of POSTs answered 409, failed and lost predictions, the mean batch
-size the server reports (``batch_images``/``batch_callers`` metrics), and the pixel check: every
-image is compared with the same prompt and seed run alone (N=1, window 0, the first row), as the
-count of images that differ and the largest difference in levels.
+size the server reports (``batch_images``/``batch_callers`` metrics), the pixel check (every
+image against the same prompt and seed run alone, one after another, before the first row: how
+many differ, and by how many levels at most), and the longest first wait for companions
+(``batch_window_seconds``; a lone caller's shows that it did not wait).
 
 A ``burst`` row per configuration sends N predictions at the same instant to an idle server. The
-longest wait in the window (``batch_window_seconds``: a batch's first request waits until nobody
-else is on the way, or the window ends) is, with a window longer than it, how far apart callers
-released together reach the batcher: the figure BATCH_WINDOW_MS's default comes from.
+longest first wait in the window (``batch_window_seconds``: a batch's first request waits until
+nobody else is on the way, or the window ends) is, with a window longer than it, how far apart
+callers released together reach the batcher: the figure BATCH_WINDOW_MS's default comes from.
 
 CPU (tiny weights; only correctness and relative figures mean anything):
     python bench/bench_throughput.py --weights weights/sdxl-tiny --size 64 --steps 4
@@ -76,7 +77,7 @@ class Row:
     differ_from_solo: int  # images not pixel-identical to the same prompt and seed alone
     max_level_diff: int
     compared: int
-    leader_wait_ms: Optional[float] = None  # burst rows: the longest wait in the window for companions
+    leader_wait_ms: Optional[float] = None  # the longest first wait in the window for companions
 
 
 def free_port() -> int:
@@ -221,7 +222,7 @@ def summarize(window_ms: float, callers: int, kind: str, calls: list[Call], wall
                round(sum(call.rejected for call in calls) / max(attempts, 1), 3),
                sum(call.status not in ("succeeded", "lost") for call in calls), sum(call.status == "lost" for call in calls),
                round(statistics.mean(batch), 2) if batch else 0.0, max((c.metrics.get("batch_callers", 1) for c in done), default=0),
-               differ, worst, compared, round(max(waits) * 1000, 1) if kind == "burst" and waits else None)
+               differ, worst, compared, round(max(waits) * 1000, 1) if waits else None)
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -229,7 +230,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
              f"COG_MAX_CONCURRENCY={meta['concurrency']}", "",
              f"Command: `{meta['command']}`", f"Device: {meta['device']}; {meta['date']}", "",
              "| window ms | callers | kind | predictions | images/s | p50 s | p95 s | 409 share | failed | lost | "
-             "mean batch images | max callers in a batch | images differing from solo (max levels) | leader wait ms |",
+             "mean batch images | max callers in a batch | images differing from solo (max levels) | longest window wait ms |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         lines.append(f"| {row.window_ms:g} | {row.callers} | {row.kind} | {row.predictions} | {row.images_per_second} | "

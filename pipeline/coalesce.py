@@ -1,20 +1,26 @@
 """Compatible text-to-image requests that arrive together, denoised as one batch.
 
-With several predictions in flight (Cog's ``concurrency.max``), one model's requests would otherwise
-take its lock one after another, each running the denoiser on a batch of one or two. Requests that
-share everything the denoising loop sees but the prompt and the seed (``Key``) join one ``Group``
-instead: its first member (the leader) waits up to the batching window for companions, but only
-while other predictions are on their way (``arrivals``), so a lone caller never waits. It then
-takes the model's lock; until it has it, later compatible requests still join, so while the GPU is
-busy the next batch forms at no cost to anyone. The group runs as one ``Batch`` in which each
-member keeps its own prompt, negative prompt and seeds (one CPU generator per image, as alone), and
-each member's progress lines are written into its own prediction's log (``pipeline.progress``).
+With several predictions in flight (Cog's ``concurrency.max``), one model's requests would
+otherwise take its lock one after another, each running the denoiser on a batch of one or two.
+Requests that share everything the denoising loop sees but the prompt and the seed (``Key``) join
+one ``Group`` instead.
+
+- Its first member (the leader) waits up to the batching window for companions, but only while
+  other predictions are on their way (``arrivals``), so a lone caller never waits.
+- It then takes the model's lock; until it has it, later compatible requests still join, so while
+  the GPU is busy the next batch forms at no cost to anyone.
+- If the lock was busy, the leader waits once more, as long again, unless every one of Cog's slots
+  has its request in the group: the batch that just ended freed slots, and the predictions that
+  fill them have not started yet.
+
+The group runs as one ``Batch`` in which each member keeps its own prompt, negative prompt and
+seeds (one CPU generator per image, as alone); each member's progress lines are written into its
+own prediction's log (``pipeline.progress``).
 
 A group never holds more images than the profile's ``max_batch_images`` and, on CUDA, than free
 memory allows at the family's activation size per image. A request with more images than that
 runs alone, as it always did. If a batch of several runs out of memory, each member runs alone.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +33,7 @@ from typing import Callable, Iterator, Optional
 from pipeline.families import family_for
 from pipeline.generate import Batch, GenerationResult, generate
 from pipeline.models import LoadedModel
-from pipeline.progress import Listener
+from pipeline.progress import Canceled, Listener
 from presets import EffectiveSettings
 from request.generation import GenerationRequest
 
@@ -67,11 +73,11 @@ class Member:
     batch_callers: int = 0  # requests in that batch
     waited: float = 0.0  # seconds from arrival to the batch starting (the window and the lock)
     gathered: float = 0.0  # a leader's seconds waiting in the window for companions
+    refilled: float = 0.0  # a leader's seconds waiting, after a busy lock, for the freed slots' requests
 
     def seeds(self) -> list[int]:
-        from pipeline.generate import MAX_SEED
-
-        return [(self.seed + index) % (MAX_SEED + 1) for index in range(self.images)]
+        """Image ``i`` uses ``seed + i``, as the request alone does (``Batch.image_seeds``)."""
+        return Batch([self.prompt], self.images, self.seed).image_seeds()
 
 
 @dataclass
@@ -120,9 +126,10 @@ class Coalescer:
         self._open: dict[Key, Group] = {}
 
     def run(self, member: Member, request: GenerationRequest, settings: EffectiveSettings, go_fast: bool,
-            window_s: float, capacity: int) -> GenerationResult:
+            window_s: float, capacity: int, slots: int) -> GenerationResult:
         """Generate ``member``'s images, alone or in a batch with others of the same key; the
-        result holds only its images. ``capacity``: the most images one batch may hold."""
+        result holds only its images. ``capacity``: the most images one batch may hold; ``slots``:
+        the most predictions that run at once (Cog's concurrency)."""
         key = Key(request.width, request.height, settings.num_inference_steps, settings.guidance_scale,
                   request.scheduler, go_fast, bool(request.negative_prompt))
         with self._cond:
@@ -141,30 +148,55 @@ class Coalescer:
                 raise member.error
             assert member.result is not None
             return member.result
-        member.gathered = self._gather(group, window_s)
-        with self.model.lock:  # companions may still join while the lock is busy
+        try:
+            self._lead(group, member, request, settings, go_fast, window_s, slots)
+        except BaseException as error:  # noqa: BLE001 - nobody may be left waiting on a batch that never ran
             with self._cond:
                 self._close(group)
-                members = list(group.members)
-            self._run(members, request, settings, go_fast)
+            for other in group.members:
+                if not other.done.is_set():
+                    other.error = error
+                    other.done.set()
+            raise
         if member.error is not None:
             raise member.error
         assert member.result is not None
         return member.result
+
+    def _lead(self, group: Group, member: Member, request: GenerationRequest, settings: EffectiveSettings,
+              go_fast: bool, window_s: float, slots: int) -> None:
+        member.gathered = self._gather(group, window_s)
+        lock = self.model.lock
+        busy = not lock.acquire(blocking=False)
+        if busy:
+            lock.acquire()  # companions may still join while the lock is busy
+        try:
+            if busy:
+                # The lock freed as a batch ended, and with it Cog's slots: the predictions that fill
+                # them (a queue's next ones) have not started yet, so wait the window once more,
+                # unless every slot's request is in the group already.
+                member.refilled = self._gather(group, window_s, since=time.perf_counter(), slots=slots)
+            with self._cond:
+                self._close(group)
+                members = list(group.members)
+            self._run(members, request, settings, go_fast)
+        finally:
+            lock.release()
 
     def _close(self, group: Group) -> None:
         group.closed = True
         if self._open.get(group.key) is group:
             del self._open[group.key]
 
-    def _gather(self, group: Group, window_s: float) -> float:
-        """Wait for companions: until the group is full, the window has passed, or no other request
-        is on its way that could join; the seconds waited."""
+    def _gather(self, group: Group, window_s: float, since: Optional[float] = None, slots: int = 0) -> float:
+        """Wait for companions until the group is full or the window (from ``since``, else the
+        leader's arrival) has passed; the seconds waited. Without ``slots``, also until no other
+        request is on its way; with it, until the group holds that many requests."""
         started = time.perf_counter()
-        deadline = group.members[0].arrived + window_s
+        deadline = (group.members[0].arrived if since is None else since) + window_s
         with self._cond:
             while not group.closed and (wait := deadline - time.perf_counter()) > 0:
-                if arrivals.count() == 0:  # nobody else is on the way
+                if (len(group.members) >= slots) if slots else arrivals.count() == 0:
                     break
                 self._cond.wait(min(wait, 0.002))
         return time.perf_counter() - started
@@ -199,8 +231,13 @@ class Coalescer:
         negatives = [member.negative_prompt for member in members for _ in range(member.images)]
         batch = Batch(prompts, 1, members[0].seed, seeds=[seed for member in members for seed in member.seeds()],
                       negative_prompts=negatives if request.negative_prompt else None)
+        if all(member.listener.cancelled.is_set() for member in members):
+            raise Canceled("every request of the batch was cancelled before it started")
         if len(members) > 1:
             log.info("batching %d requests: %d images together", len(members), batch.size)
+            for member in members[1:]:  # the leader's own log has the line above
+                member.listener.say(f"denoising in one batch with {len(members) - 1} other request(s): "
+                                    f"{batch.size} images together")
         result = generate(self.model, batch, request, settings, go_fast=go_fast,
                           listeners=[member.listener for member in members])
         offset = 0

@@ -159,7 +159,7 @@ def _run(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, avail
         batch = _generate_batched(job, backend, window_s)
         images, prompts, steps, fast_path = batch.images, [request.prompt] * len(batch.images), batch.steps, batch.fast_path
         generation_seconds, timings["batch_wait_seconds"] = batch.seconds, batch.waited
-        timings["batch_window_seconds"] = batch.gathered
+        timings["batch_window_seconds"], timings["batch_refill_seconds"] = batch.gathered, batch.refilled
         batch_images, batch_callers = batch.batch_images, batch.batch_callers
         if not ad_args.need_skip():  # 8. as below; this request has no LoRA to put on
             with model.lock:
@@ -228,6 +228,7 @@ class Batched:
     fast_path: str
     waited: float
     gathered: float
+    refilled: float
     batch_images: int
     batch_callers: int
 
@@ -238,9 +239,10 @@ def _generate_batched(job: Prepared, backend: Backend, window_s: float) -> Batch
     capacity = batch_capacity(job.model, request.width, request.height, profile.max_batch_images,
                               lambda: free_gpu_bytes(backend.device))
     member = Member(request.prompt, request.negative_prompt, request.num_outputs, job.seed)
-    result = coalescer_for(job.model).run(member, request, job.settings, job.go_fast, window_s, capacity)
+    result = coalescer_for(job.model).run(member, request, job.settings, job.go_fast, window_s, capacity,
+                                          service_settings.get("COG_MAX_CONCURRENCY"))
     return Batched(result.images, result.seconds, result.steps, result.fast_path, member.waited, member.gathered,
-                   member.batch_images, member.batch_callers)
+                   member.refilled, member.batch_images, member.batch_callers)
 
 
 def _animate(result: JobResult, request: GenerationRequest, preset: str, backend: Backend,

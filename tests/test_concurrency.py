@@ -94,6 +94,35 @@ def test_incompatible_requests_and_full_batches_run_apart(predictor, monkeypatch
     assert sizes and max(sizes) <= 2
 
 
+def test_a_request_that_found_the_gpu_busy_waits_for_the_freed_slots(predictor, monkeypatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """When the lock frees, the predictions that fill the freed slots have not started yet: the
+    waiting request gives them one more window, and they share its batch."""
+    from pipeline.select import select_model
+
+    monkeypatch.setenv("BATCH_WINDOW_MS", "800")
+    monkeypatch.setenv("COG_MAX_CONCURRENCY", "4")
+    service = predictor.service
+    model = select_model("sdxl", service.default_source, service.backend)
+    results: dict[str, list] = {}
+
+    def call(name: str, seed: int) -> None:
+        results[name] = predictor.predict_sync(**predict_inputs(seed=seed))
+
+    with caplog.at_level(logging.INFO, logger="pipeline.coalesce"):
+        model.lock.acquire()  # a batch running
+        first = threading.Thread(target=call, args=("first", 90))
+        first.start()
+        time.sleep(0.5)  # it is waiting for the lock, alone
+        model.lock.release()
+        second = threading.Thread(target=call, args=("second", 91))  # sent as the slot freed
+        second.start()
+        first.join()
+        second.join()
+    assert "batching 2 requests: 2 images together" in caplog.text
+    assert set(results) == {"first", "second"}
+
+
 def test_each_listener_gets_its_own_progress_lines_and_may_cancel(predictor) -> None:
     """A batch's progress line goes to each caller in its own context (where Cog files it); a
     cancelled caller gets no more lines, and the run stops once every caller has cancelled."""
