@@ -263,13 +263,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "throughput.json")
+    parser.add_argument("--go-fast", action="store_true",
+                        help="requests with go_fast=true (default: false, and the server's go_fast off, so no "
+                             "background compile shares the GPU with the rows)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server, repeatable")
     args = parser.parse_args()
 
     callers = [int(n) for n in args.callers.split(",")]
     windows = [float(w) for w in args.windows.split(",")]
     inputs = {"model": args.model, "width": args.size, "height": args.size, "num_inference_steps": args.steps,
-              "output_format": "png", "disable_safety_checker": True}
+              "output_format": "png", "disable_safety_checker": True, "go_fast": args.go_fast}
     weights_env = {"sdxl": "SDXL_WEIGHTS", "flux-dev": "FLUX_DEV_WEIGHTS", "flux-schnell": "FLUX_SCHNELL_WEIGHTS"}[args.model]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": args.model, "size": args.size, "steps": args.steps, "concurrency": args.concurrency,
@@ -285,7 +288,8 @@ def main() -> None:
 
     for window in windows:
         env = {"COG_MAX_CONCURRENCY": str(args.concurrency), "BATCH_WINDOW_MS": str(window), "DEFAULT_MODEL": args.model,
-               weights_env: args.weights, **dict(item.split("=", 1) for item in args.env)}
+               weights_env: args.weights, **({} if args.go_fast else {"SPEED_GO_FAST": "off"}),
+               **dict(item.split("=", 1) for item in args.env)}
         server = Server(args.weights, env, args.out.with_name(f"{args.out.stem}-server-{window:g}ms.log"))
         try:
             predict(server, Call("warm-up", 1), inputs, args.timeout)  # first-use work, outside every row

@@ -23,12 +23,12 @@ runs alone, as it always did. If a batch of several runs out of memory, each mem
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from pipeline.families import family_for
 from pipeline.generate import Batch, GenerationResult, generate
@@ -38,8 +38,6 @@ from presets import EffectiveSettings
 from request.generation import GenerationRequest
 
 log = logging.getLogger(__name__)
-
-MEMORY_HEADROOM = 0.8  # of free CUDA memory a batch's activations may take
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ class Key:
 
 @dataclass
 class Member:
-    """One request's part of a batch."""
+    """One request's part of a batch, and what it gets back."""
 
     prompt: str
     negative_prompt: str
@@ -71,7 +69,7 @@ class Member:
     error: Optional[BaseException] = None
     batch_images: int = 0  # images the denoiser ran together with this request's
     batch_callers: int = 0  # requests in that batch
-    waited: float = 0.0  # seconds from arrival to the batch starting (the window and the lock)
+    waited: float = 0.0  # seconds from arrival to the batch starting (the windows and the lock)
     gathered: float = 0.0  # a leader's seconds waiting in the window for companions
     refilled: float = 0.0  # a leader's seconds waiting, after a busy lock, for the freed slots' requests
 
@@ -82,6 +80,8 @@ class Member:
 
 @dataclass
 class Group:
+    """Requests of one key forming a batch; open to newcomers until its leader holds the lock."""
+
     key: Key
     capacity: int  # images
     members: list[Member] = field(default_factory=list)
@@ -92,6 +92,23 @@ class Group:
         return sum(member.images for member in self.members)
 
 
+class Arrival:
+    """One request counted in ``arrivals`` from its start until it joins a group (or ends)."""
+
+    def __init__(self, arrivals: "_Arrivals") -> None:
+        self._arrivals = arrivals
+        self._counted = True
+
+    def leave(self) -> None:
+        self._arrivals._leave(self)
+
+    def __enter__(self) -> "Arrival":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave()
+
+
 class _Arrivals:
     """How many requests are between their start and their batch: the ones a leader may wait for."""
 
@@ -99,14 +116,15 @@ class _Arrivals:
         self._count = 0
         self._lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def expected(self) -> Iterator[None]:
+    def arrive(self) -> Arrival:
         with self._lock:
             self._count += 1
-        try:
-            yield
-        finally:
-            with self._lock:
+        return Arrival(self)
+
+    def _leave(self, arrival: Arrival) -> None:
+        with self._lock:
+            if arrival._counted:
+                arrival._counted = False
                 self._count -= 1
 
     def count(self) -> int:
@@ -123,31 +141,32 @@ class Coalescer:
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self._cond = threading.Condition()
-        self._open: dict[Key, Group] = {}
+        self._open: dict[Key, list[Group]] = {}
 
     def run(self, member: Member, request: GenerationRequest, settings: EffectiveSettings, go_fast: bool,
-            window_s: float, capacity: int, slots: int) -> GenerationResult:
+            window_s: float, capacity: int, slots: int, arrival: Optional[Arrival] = None) -> GenerationResult:
         """Generate ``member``'s images, alone or in a batch with others of the same key; the
         result holds only its images. ``capacity``: the most images one batch may hold; ``slots``:
-        the most predictions that run at once (Cog's concurrency)."""
+        the most predictions that run at once (Cog's concurrency); ``arrival``: the request's
+        place in ``arrivals``, given up once it has joined a group."""
         key = Key(request.width, request.height, settings.num_inference_steps, settings.guidance_scale,
                   request.scheduler, go_fast, bool(request.negative_prompt))
         with self._cond:
-            group = self._open.get(key)
-            leader = group is None or group.images + member.images > group.capacity
+            groups = self._open.setdefault(key, [])
+            group = next((g for g in groups if g.images + member.images <= g.capacity), None)
+            leader = group is None
             if leader:
                 group = Group(key, capacity)
-                self._open[key] = group
+                groups.append(group)
             group.members.append(member)
             if group.images >= group.capacity:
-                self._close(group)
+                self._close(group)  # full (a request as large as a batch runs alone)
+            if arrival is not None:
+                arrival.leave()
             self._cond.notify_all()
         if not leader:
             member.done.wait()
-            if member.error is not None:
-                raise member.error
-            assert member.result is not None
-            return member.result
+            return _outcome(member, own_error=False)
         try:
             self._lead(group, member, request, settings, go_fast, window_s, slots)
         except BaseException as error:  # noqa: BLE001 - nobody may be left waiting on a batch that never ran
@@ -158,10 +177,7 @@ class Coalescer:
                     other.error = error
                     other.done.set()
             raise
-        if member.error is not None:
-            raise member.error
-        assert member.result is not None
-        return member.result
+        return _outcome(member, own_error=True)
 
     def _lead(self, group: Group, member: Member, request: GenerationRequest, settings: EffectiveSettings,
               go_fast: bool, window_s: float, slots: int) -> None:
@@ -185,8 +201,11 @@ class Coalescer:
 
     def _close(self, group: Group) -> None:
         group.closed = True
-        if self._open.get(group.key) is group:
-            del self._open[group.key]
+        groups = self._open.get(group.key, [])
+        if group in groups:
+            groups.remove(group)
+        if not groups:
+            self._open.pop(group.key, None)
 
     def _gather(self, group: Group, window_s: float, since: Optional[float] = None, slots: int = 0) -> float:
         """Wait for companions until the group is full or the window (from ``since``, else the
@@ -203,27 +222,39 @@ class Coalescer:
 
     def _run(self, members: list[Member], request: GenerationRequest, settings: EffectiveSettings,
              go_fast: bool) -> None:
-        """Denoise ``members`` as one batch and hand each its images (each alone if a batch of
-        several runs out of memory); a member whose images failed gets the error instead."""
+        """Denoise the members still waiting as one batch and hand each its images or its error;
+        each member runs alone if a batch of several runs out of memory."""
         started = time.perf_counter()
+        live = []
         for member in members:
             member.waited = started - member.arrived
+            if member.listener.cancelled.is_set():
+                member.error = Canceled("cancelled before its batch started")
+            else:
+                live.append(member)
         try:
-            try:
-                self._denoise(members, request, settings, go_fast)
-            except Exception as error:  # noqa: BLE001 - only an out-of-memory batch is retried
-                if len(members) == 1 or "out of memory" not in str(error).lower():
-                    raise
-                log.warning("batch of %d requests ran out of memory; running each alone", len(members))
-                for member in members:
-                    self._denoise([member], request, settings, go_fast)
-        except BaseException as error:  # noqa: BLE001 - handed to every member still without images
-            for member in members:
-                if member.result is None:
+            if live:
+                self._denoise(live, request, settings, go_fast)
+        except BaseException as error:  # noqa: BLE001 - handed to the members it concerns
+            if len(live) > 1 and "out of memory" in str(error).lower():
+                log.warning("batch of %d requests ran out of memory; running each alone", len(live))
+                for member in live:
+                    self._alone(member, request, settings, go_fast)
+            else:
+                for member in live:
                     member.error = error
         finally:
             for member in members:
                 member.done.set()
+
+    def _alone(self, member: Member, request: GenerationRequest, settings: EffectiveSettings, go_fast: bool) -> None:
+        if member.listener.cancelled.is_set():
+            member.error = Canceled("cancelled")
+            return
+        try:
+            self._denoise([member], request, settings, go_fast)
+        except BaseException as error:  # noqa: BLE001 - this member's own failure
+            member.error = error
 
     def _denoise(self, members: list[Member], request: GenerationRequest, settings: EffectiveSettings,
                  go_fast: bool) -> None:
@@ -231,8 +262,6 @@ class Coalescer:
         negatives = [member.negative_prompt for member in members for _ in range(member.images)]
         batch = Batch(prompts, 1, members[0].seed, seeds=[seed for member in members for seed in member.seeds()],
                       negative_prompts=negatives if request.negative_prompt else None)
-        if all(member.listener.cancelled.is_set() for member in members):
-            raise Canceled("every request of the batch was cancelled before it started")
         if len(members) > 1:
             log.info("batching %d requests: %d images together", len(members), batch.size)
             for member in members[1:]:  # the leader's own log has the line above
@@ -248,6 +277,21 @@ class Coalescer:
             offset += member.images
 
 
+def _outcome(member: Member, own_error: bool) -> GenerationResult:
+    """The member's images, or its error raised on its own thread (a follower raises its own copy:
+    one exception object raised in several threads would collect all their tracebacks)."""
+    if member.error is not None:
+        if own_error:
+            raise member.error
+        try:
+            fresh = copy.copy(member.error)
+        except Exception:  # noqa: BLE001 - an exception that cannot be copied is raised as it is
+            raise member.error from None
+        raise fresh from member.error
+    assert member.result is not None
+    return member.result
+
+
 _CREATE_LOCK = threading.Lock()
 
 
@@ -259,13 +303,15 @@ def coalescer_for(model: LoadedModel) -> Coalescer:
         return model.coalescer
 
 
-def batch_capacity(model: LoadedModel, width: int, height: int, max_images: int,
-                   free_bytes: Callable[[], Optional[int]]) -> int:
-    """The most images one batch of this model may hold at this size: the profile's budget and,
-    on CUDA, what free memory takes at the family's activation size per image."""
+def batch_capacity(model: LoadedModel, width: int, height: int, guidance_scale: float, go_fast: bool,
+                   max_images: int, free_bytes: Callable[[], Optional[int]]) -> int:
+    """The most images one batch of this model may hold at this size: the profile's budget; on
+    CUDA, what free memory holds at the family's activation size per image; with go_fast, the
+    largest batch its fast denoiser is compiled for (a batch must not move a request off it)."""
     free = free_bytes()
-    if free is None:
-        return max(1, max_images)
-    per_image = family_for(model.spec).activation_bytes_1mp * (width * height) / (1024 * 1024)
-    return max(1, min(max_images, int(free * MEMORY_HEADROOM // per_image)))
-
+    capacity = max(1, max_images if free is None else min(max_images, family_for(model.spec).images_that_fit(free, width, height)))
+    fast = model.fast if go_fast else None
+    if fast is not None:
+        ready = [n for n in range(1, capacity + 1) if fast.is_ready(fast.shape(width, height, n, guidance_scale))]
+        capacity = max(ready, default=1)
+    return capacity

@@ -5,11 +5,12 @@ whatever runs or changes it holds (``LoadedModel``). ``request.catalog`` has the
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from hardware.profiles import Profile
 from pipeline.speed.settings import SpeedSettings
@@ -50,6 +51,31 @@ class LoadedModel:
     # built on it, a background preload), so none of them sees another's half-swapped modules.
     # Taken before the cache's own per-entry locks, never after, so the order is always the same.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # The threads of the requests using it, from selecting it to their end (a thread's own use never
+    # holds up its own load of another model).
+    _users: Counter = field(default_factory=Counter, repr=False, compare=False)
+    _users_changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator["LoadedModel"]:
+        """A request's hold on the model: the cache evicts it only once no other request holds it."""
+        me = threading.get_ident()
+        with self._users_changed:
+            self._users[me] += 1
+        try:
+            yield self
+        finally:
+            with self._users_changed:
+                self._users[me] -= 1
+                if not self._users[me]:
+                    del self._users[me]
+                self._users_changed.notify_all()
+
+    def wait_unused(self, timeout: float) -> bool:
+        """Until no thread but this one uses the model; False after ``timeout`` seconds."""
+        me = threading.get_ident()
+        with self._users_changed:
+            return self._users_changed.wait_for(lambda: not set(self._users) - {me}, timeout)
 
     @property
     def spec(self) -> ModelSpec:

@@ -7,11 +7,9 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.families.sdxl import SDXL_ACTIVATION_BYTES_1MP
+from pipeline.families.base import Family
 
 SHEET_CELL = 320  # longest side of each thumbnail on the contact sheet, pixels
-
-MEMORY_HEADROOM = 0.8
 
 
 def scene_prompts(scenes: Sequence[str], character: str, style: str) -> list[str]:
@@ -21,13 +19,13 @@ def scene_prompts(scenes: Sequence[str], character: str, style: str) -> list[str
     return [", ".join(parts(scene)) for scene in scenes]
 
 
-def storyboard_batch_size(device: str, free_bytes: int | None, width: int, height: int, scenes: int) -> int:
+def storyboard_batch_size(family: Family, device: str, free_bytes: int | None, width: int, height: int,
+                          scenes: int) -> int:
     """How many scenes to denoise at once. On a GPU, as many as fit in free memory; elsewhere one,
     since batching saves nothing on a CPU and risks memory on small machines."""
     if device != "cuda" or not free_bytes:
         return 1
-    per_image = SDXL_ACTIVATION_BYTES_1MP * (width * height) / (1024 * 1024)
-    return max(1, min(scenes, int(free_bytes * MEMORY_HEADROOM // per_image)))
+    return min(scenes, family.images_that_fit(free_bytes, width, height))
 
 
 def batches(count: int, size: int) -> list[range]:

@@ -15,10 +15,11 @@ import settings as service_settings
 from hardware.backend import Backend
 from hardware.memory import free_gpu_bytes
 from pipeline import video
-from pipeline.coalesce import Member, arrivals, batch_capacity, coalescer_for
+from pipeline.coalesce import Arrival, Member, arrivals, batch_capacity, coalescer_for
+from pipeline.families import family_for
 from pipeline.generate import Batch, generate, pick_seed
 from pipeline.ip_adapter import Identity, identity_for
-from pipeline.lora import LoraRejected, applied, fetch_loras
+from pipeline.lora import Lora, LoraRejected, applied, fetch_loras
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.progress import CANCEL, check_cancelled
 from pipeline.safety_checker import checker_for
@@ -52,7 +53,7 @@ class JobResult:
     go_fast: bool = False  # the go_fast input, its default resolved for the model
     fast_path: str = "exact"  # what denoised: "exact", or the go_fast recipe ("fp8+compile", "compile")
     fp8_layers: int = 0  # Linear layers that computed in fp8
-    batch_images: int = 0  # images denoised together with this request's (its own included)
+    batch_images: int = 1  # images denoised together with this request's (its own included)
     batch_callers: int = 1  # requests in that batch (pipeline.coalesce)
     cuda_graph_captures: int = 0  # the model's CUDA graphs captured so far, one per denoiser input shape
 
@@ -98,7 +99,7 @@ class Prepared:
     request: GenerationRequest
     ad_args: ADetailerArgs
     settings: EffectiveSettings
-    loras: list
+    loras: list[Lora]
     model: LoadedModel
     identity: Identity
     start: Optional[ImageInputs]
@@ -107,7 +108,9 @@ class Prepared:
     face_given: bool
 
 
-def _prepare(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str]) -> Prepared:
+def _prepare(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str],
+             held: contextlib.ExitStack) -> Prepared:
+    """Steps 1-6; the selected model is held in use (``held``) until the request ends."""
     # 1. Validate everything first: nothing loads, downloads or evicts for a request that is refused.
     generation_inputs, adetailer_inputs = split_inputs(raw)
     request = parse_request(generation_inputs)
@@ -132,8 +135,8 @@ def _prepare(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, a
     # 3. The LoRAs, fetched or from the cache: a bad one is refused before any model loads or is evicted.
     loras = fetch_loras(lora_inputs(request))
 
-    # 4. Select the model, loading it on first use.
-    model = select_model(spec.name, default, backend)
+    # 4. Select the model, loading it on first use; in use by this request until it ends.
+    model = held.enter_context(select_model(spec.name, default, backend).in_use())
 
     # 5. Identity: the IP-Adapter, loaded on first use, when a face is given.
     identity = identity_for(model, reference, settings.ip_adapter_scale, guidance=settings.guidance_scale > 1)
@@ -147,51 +150,37 @@ def _prepare(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, a
 
 def _run(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str],
          out_dir: Path) -> JobResult:
-    with arrivals.expected():  # a batch forming now may wait for this request (pipeline.coalesce)
-        job = _prepare(raw, backend, default, available)
-    request, ad_args, settings, model, seed = job.request, job.ad_args, job.settings, job.model, job.seed
-    check_cancelled()
+    with contextlib.ExitStack() as held:
+        arrival = held.enter_context(arrivals.arrive())  # a batch forming now may wait for this request
+        job = _prepare(raw, backend, default, available, held)
+        return _generate_and_finish(job, backend, out_dir, arrival)
 
+
+def _generate_and_finish(job: Prepared, backend: Backend, out_dir: Path, arrival: Arrival) -> JobResult:
+    """Steps 7-10."""
+    request, settings, model, seed = job.request, job.settings, job.model, job.seed
+    check_cancelled()
     timings: dict[str, float] = {}
     window_s = _batch_window_s()
     if window_s > 0 and _batchable(job):
-        # 7. Generate, in one batch with other compatible requests arriving now, if any.
-        batch = _generate_batched(job, backend, window_s)
-        images, prompts, steps, fast_path = batch.images, [request.prompt] * len(batch.images), batch.steps, batch.fast_path
-        generation_seconds, timings["batch_wait_seconds"] = batch.seconds, batch.waited
-        timings["batch_window_seconds"], timings["batch_refill_seconds"] = batch.gathered, batch.refilled
-        batch_images, batch_callers = batch.batch_images, batch.batch_callers
-        if not ad_args.need_skip():  # 8. as below; this request has no LoRA to put on
-            with model.lock:
-                images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, seed, ad_args, request,
-                                                                    settings)
+        # 7-8. Generate, in one batch with other compatible requests arriving now, if any; then faces and hands.
+        made = _generate_batched(job, backend, window_s, arrival, timings)
     else:
-        with model.lock, _loras_on(model, job.loras) as lora_timings:  # nothing else may change the pipeline meanwhile
-            # 7. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
-            started = time.perf_counter()
-            with job.identity.active(settings.ip_adapter_scale):
-                images, prompts, steps, fast_path = _generate(model, backend.device, request, settings, seed, job.identity,
-                                                              job.start, job.go_fast)
-            generation_seconds = time.perf_counter() - started
-            batch_images, batch_callers = len(images), 1
-
-            # 8. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
-            if not ad_args.need_skip():
-                images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, seed, ad_args, request,
-                                                                    settings)
-        timings.update(lora_timings)
+        arrival.leave()
+        made = _generate_alone(job, backend, timings)
     if job.loras:
         timings["lora_fetch_seconds"] = sum(lora.file.seconds for lora in job.loras)
     check_cancelled()
 
     # 9. The safety checker, unless the request turns it off.
+    images, prompts = made.images, made.prompts
     checked = _check_safety(images, prompts, model) if not request.disable_safety_checker else Checked(images, prompts)
     timings.update(checked.timings)
-    result = JobResult(checked.images, checked.prompts, seed, generation_seconds, steps, timings=timings,
-                       numbers=checked.numbers, counts=checked.counts, go_fast=job.go_fast, fast_path=fast_path,
-                       fp8_layers=model.fast.fp8_layers if fast_path != "exact" and model.fast is not None else 0,
-                       batch_images=batch_images, batch_callers=batch_callers,
-                       cuda_graph_captures=sum(getattr(model.graphs, "captures", {}).values()))
+    result = JobResult(checked.images, checked.prompts, seed, made.seconds, made.steps, timings=timings,
+                       numbers=checked.numbers, counts=checked.counts, go_fast=job.go_fast, fast_path=made.fast_path,
+                       fp8_layers=model.fast.fp8_layers if made.fast_path != "exact" and model.fast is not None else 0,
+                       batch_images=made.batch_images, batch_callers=made.batch_callers,
+                       cuda_graph_captures=_graph_captures(model))
 
     # 10. The outputs: MP4 clips when animated; else the images (a storyboard's with its contact sheet).
     if request.animate:
@@ -221,28 +210,63 @@ def _batchable(job: Prepared) -> bool:
 
 
 @dataclass(frozen=True)
-class Batched:
+class Made:
+    """What steps 7 and 8 made: the images, the prompt of each, and how they were denoised."""
+
     images: list[Any]
-    seconds: float
+    prompts: list[str]
+    seconds: float  # the denoising run's (a batch's, when batched)
     steps: int
     fast_path: str
-    waited: float
-    gathered: float
-    refilled: float
-    batch_images: int
+    batch_images: int  # images denoised together (a storyboard's largest chunk)
     batch_callers: int
 
 
-def _generate_batched(job: Prepared, backend: Backend, window_s: float) -> Batched:
-    request = job.request
-    profile = job.model.profile or backend.settings
-    capacity = batch_capacity(job.model, request.width, request.height, profile.max_batch_images,
-                              lambda: free_gpu_bytes(backend.device))
+def _generate_alone(job: Prepared, backend: Backend, timings: dict[str, float]) -> Made:
+    """Steps 7 and 8 under the model's lock, with the request's LoRAs and identity on."""
+    request, model = job.request, job.model
+    with model.lock, _loras_on(model, job.loras) as lora_timings:  # nothing else may change the pipeline meanwhile
+        # 7. Generate: one batch, or a storyboard's scenes (with the request's LoRAs on, if any).
+        started = time.perf_counter()
+        with job.identity.active(job.settings.ip_adapter_scale):
+            images, prompts, steps, fast_path, together = _generate(model, backend.device, request, job.settings,
+                                                                    job.seed, job.identity, job.start, job.go_fast)
+        seconds = time.perf_counter() - started
+
+        # 8. Fix faces and hands, only when the request asks for it (with the same LoRAs on).
+        if not job.ad_args.need_skip():
+            images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, job.seed, job.ad_args, request,
+                                                                job.settings)
+    timings.update(lora_timings)
+    return Made(images, prompts, seconds, steps, fast_path, together, 1)
+
+
+def _generate_batched(job: Prepared, backend: Backend, window_s: float, arrival: Arrival,
+                      timings: dict[str, float]) -> Made:
+    """Step 7 through the model's coalescer (it takes the lock for the batch), then step 8 under
+    the lock on its own: a batched request has no LoRA to keep on."""
+    request, model = job.request, job.model
+    profile = model.profile or backend.settings
+    capacity = batch_capacity(model, request.width, request.height, job.settings.guidance_scale, job.go_fast,
+                              profile.max_batch_images, lambda: free_gpu_bytes(backend.device))
     member = Member(request.prompt, request.negative_prompt, request.num_outputs, job.seed)
-    result = coalescer_for(job.model).run(member, request, job.settings, job.go_fast, window_s, capacity,
-                                          service_settings.get("COG_MAX_CONCURRENCY"))
-    return Batched(result.images, result.seconds, result.steps, result.fast_path, member.waited, member.gathered,
-                   member.refilled, member.batch_images, member.batch_callers)
+    result = coalescer_for(model).run(member, request, job.settings, job.go_fast, window_s, capacity,
+                                      service_settings.get("COG_MAX_CONCURRENCY"), arrival)
+    timings.update(batch_wait_seconds=member.waited, batch_window_seconds=member.gathered,
+                   batch_refill_seconds=member.refilled)
+    images, prompts = result.images, [request.prompt] * len(result.images)
+    if not job.ad_args.need_skip():
+        with model.lock:
+            images, timings["adetailer_seconds"] = _fix_details(model, images, prompts, job.seed, job.ad_args, request,
+                                                                job.settings)
+    return Made(images, prompts, result.seconds, result.steps, result.fast_path, member.batch_images,
+                member.batch_callers)
+
+
+def _graph_captures(model: LoadedModel) -> int:
+    """CUDA graphs the model's denoisers (exact and go_fast) have captured so far."""
+    runners = [model.graphs, model.fast.graphs if model.fast is not None else None]
+    return sum(sum(getattr(runner, "captures", {}).values()) for runner in runners)
 
 
 def _animate(result: JobResult, request: GenerationRequest, preset: str, backend: Backend,
@@ -275,21 +299,23 @@ def _animate(result: JobResult, request: GenerationRequest, preset: str, backend
 
 
 def _generate(model: LoadedModel, device: str, request: GenerationRequest, settings: EffectiveSettings, seed: int,
-              identity: Identity, start: Optional[ImageInputs], go_fast: bool) -> tuple[list[Any], list[str], int, str]:
-    """The images, the prompt that made each, the denoising steps each ran, and what denoised (the
-    last batch's: a storyboard's first scenes may run exact while go_fast compiles). Image ``i`` of a
+              identity: Identity, start: Optional[ImageInputs], go_fast: bool) -> tuple[list[Any], list[str], int, str, int]:
+    """The images, the prompt that made each, the denoising steps each ran, what denoised (the
+    last batch's: a storyboard's first scenes may run exact while go_fast compiles), and the most
+    images denoised together. Image ``i`` of a
     batch, and scene ``i`` of a storyboard, uses ``seed + i``, so any one can be redone alone."""
     if not request.scene_list:
         unchanged = start.nothing_to_do() if start is not None else None
         if unchanged:
             log.info("%s; returning the input image unchanged", unchanged)
             return ([start.given.copy() for _ in range(request.num_outputs)], [request.prompt] * request.num_outputs, 0,
-                    "exact")
+                    "exact", 0)
         batch = Batch([request.prompt], request.num_outputs, seed)
         result = generate(model, batch, request, settings, identity.pipeline_kwargs(batch.size), start, go_fast=go_fast)
-        return result.images, [request.prompt] * request.num_outputs, result.steps, result.fast_path
+        return result.images, [request.prompt] * request.num_outputs, result.steps, result.fast_path, batch.size
     prompts = scene_prompts(request.scene_list, request.character, request.prompt)
-    size = storyboard_batch_size(device, free_gpu_bytes(device), request.width, request.height, len(prompts))
+    size = storyboard_batch_size(family_for(model.spec), device, free_gpu_bytes(device), request.width, request.height,
+                                 len(prompts))
     log.info("storyboard: %d scenes in batches of %d", len(prompts), size)
     started = time.perf_counter()
     images: list[Any] = []
@@ -301,7 +327,7 @@ def _generate(model: LoadedModel, device: str, request: GenerationRequest, setti
         images += result.images
         steps, fast_path = result.steps, result.fast_path
     log.info("storyboard: %d scenes in %.2f s", len(images), time.perf_counter() - started)
-    return images, prompts, steps, fast_path
+    return images, prompts, steps, fast_path, size
 
 
 class AllImagesWithheld(RuntimeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -32,14 +33,16 @@ class OutputFolders:
     """One folder per prediction, under ``root``, removed once it can no longer be in use.
 
     Cog reads a prediction's files after ``predict`` returns (to upload them or inline them), while
-    up to ``COG_MAX_CONCURRENCY`` predictions run, so a folder is kept until ``4 x`` that many later
-    predictions have finished; a failed prediction's folder goes at once.
+    up to ``COG_MAX_CONCURRENCY`` predictions run. So a folder is kept until ``4 x`` that many later
+    predictions have finished and it finished ``min_age_s`` ago (a slow upload of a large file); a
+    failed prediction's folder goes at once.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, min_age_s: float = 600.0) -> None:
         self.root = root
+        self.min_age_s = min_age_s
         self._count = 0
-        self._finished: deque[Path] = deque()
+        self._finished: deque[tuple[Path, float]] = deque()
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -53,8 +56,11 @@ class OutputFolders:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         keep = 4 * max(1, settings.get("COG_MAX_CONCURRENCY"))
+        now = time.monotonic()
+        stale = []
         with self._lock:
-            self._finished.append(folder)
-            stale = [self._finished.popleft() for _ in range(max(0, len(self._finished) - keep))]
+            self._finished.append((folder, now))
+            while len(self._finished) > keep and now - self._finished[0][1] >= self.min_age_s:
+                stale.append(self._finished.popleft()[0])
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)

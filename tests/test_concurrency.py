@@ -185,12 +185,17 @@ def test_a_lone_caller_does_not_wait_for_the_window(predictor, monkeypatch) -> N
 
 
 def test_output_folders_outlive_the_predictions_cog_may_still_be_reading(tmp_path, monkeypatch) -> None:
-    """A folder stays until 4 x COG_MAX_CONCURRENCY later predictions have finished; a failed
-    prediction's goes at once."""
+    """A folder stays until 4 x COG_MAX_CONCURRENCY later predictions have finished (and, in
+    service, ten minutes have passed); a failed prediction's goes at once."""
     from service.outputs import OutputFolders
 
     monkeypatch.setenv("COG_MAX_CONCURRENCY", "2")
-    folders = OutputFolders(tmp_path)
+    recent = OutputFolders(tmp_path / "recent")
+    for _ in range(12):
+        with recent.fresh() as folder:
+            folder.mkdir(parents=True)
+    assert len(list(recent.root.iterdir())) == 12  # all finished within the last ten minutes
+    folders = OutputFolders(tmp_path, min_age_s=0)
     made = []
     for _ in range(9):
         with folders.fresh() as folder:

@@ -75,8 +75,10 @@ def test_bad_input_raises_and_the_predictor_keeps_working(predictor) -> None:
     assert predictor.predict_sync(**predict_inputs())
 
 
-def test_previous_outputs_are_cleaned_up(predictor) -> None:
-    """Kept while Cog may still read them (4 x COG_MAX_CONCURRENCY later predictions), then removed."""
+def test_previous_outputs_are_cleaned_up(predictor, monkeypatch) -> None:
+    """Kept while Cog may still read them (4 x COG_MAX_CONCURRENCY later predictions, and ten
+    minutes, here none), then removed."""
+    monkeypatch.setattr(predictor.outputs, "min_age_s", 0)
     first = Path(predictor.predict_sync(**predict_inputs())[0])
     later = [Path(predictor.predict_sync(**predict_inputs())[0]) for _ in range(3)]
     assert first.exists()

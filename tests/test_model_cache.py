@@ -106,28 +106,60 @@ def test_concurrent_requests_for_one_model_size_it_and_make_room_once(predictor,
 
 
 def test_a_model_in_use_is_evicted_only_when_its_request_lets_go() -> None:
-    """Predictions run concurrently: evicting a model a request is generating with would free
-    nothing until that request ends, so the eviction waits for the model's lock."""
+    """Predictions run concurrently: evicting a model another request is generating with would free
+    nothing until that request ends, so the eviction waits for it; the thread's own use does not
+    hold up its own load."""
     import threading
     import time
+    from pathlib import Path
 
-    class Model:
-        def __init__(self) -> None:
-            self.lock = threading.RLock()
+    from pipeline.models import LoadedModel, WeightsSource
 
     cache = ModelCache()
-    busy = cache.get_or_load("sdxl:/a", Model, size_bytes=60)
+    busy = cache.get_or_load("sdxl:/a", lambda: LoadedModel(None, {}, WeightsSource(Path("/a"), "diffusers", "/a")),
+                             size_bytes=60)
     free = lambda: 100 - cache.resident_bytes()  # noqa: E731
     released = threading.Event()
 
     def request() -> None:
-        with busy.lock:
+        with busy.in_use():
             time.sleep(0.5)
             released.set()
 
     worker = threading.Thread(target=request)
     worker.start()
-    time.sleep(0.1)  # the request holds the model now
+    time.sleep(0.1)  # the other request holds the model now
     cache.make_room(60, free, keep="flux-dev:/b")
     assert released.is_set() and cache.ids() == []
     worker.join()
+
+    mine = cache.get_or_load("sdxl:/a", lambda: LoadedModel(None, {}, WeightsSource(Path("/a"), "diffusers", "/a")),
+                             size_bytes=60)
+    started = time.perf_counter()
+    with mine.in_use():  # this thread's own request, loading another model (a video step, say)
+        cache.make_room(60, free, keep="svd:/c")
+    assert cache.ids() == [] and time.perf_counter() - started < 1
+
+
+def test_two_loads_at_once_do_not_both_count_the_same_free_memory() -> None:
+    """With predictions concurrent, two models may load at once: the first load's size counts as
+    used until it has loaded, so the second makes room for both."""
+    import threading
+
+    cache = ModelCache()
+    cache.get_or_load("old:/a", object, size_bytes=50)
+    free = lambda: 100 - cache.resident_bytes()  # noqa: E731
+    first_loading, release_first = threading.Event(), threading.Event()
+
+    def slow() -> object:
+        first_loading.set()
+        release_first.wait(5)
+        return object()
+
+    worker = threading.Thread(target=lambda: cache.get_or_load("first:/b", slow, size_bytes=40, free=free))
+    worker.start()
+    first_loading.wait(5)
+    cache.get_or_load("second:/c", object, size_bytes=40, free=free)  # 50 + 40 + 40 > 100: "old" goes
+    release_first.set()
+    worker.join()
+    assert "old:/a" not in cache and {"first:/b", "second:/c"} <= set(cache.ids())

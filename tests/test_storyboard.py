@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.families.sdxl import SDXL
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from tests.conftest import predict_inputs
 
@@ -19,10 +20,10 @@ def test_character_goes_first_and_style_last() -> None:
 
 def test_batching_plan() -> None:
     assert [list(b) for b in batches(5, 2)] == [[0, 1], [2, 3], [4]]
-    assert storyboard_batch_size("cpu", None, 1024, 1024, 6) == 1
-    assert storyboard_batch_size("cuda", 80 * 10**9, 1024, 1024, 6) == 6
-    assert storyboard_batch_size("cuda", 10 * 10**9, 1024, 1024, 6) == 1
-    assert storyboard_batch_size("cuda", 30 * 10**9, 1024, 1024, 6) == 4
+    assert storyboard_batch_size(SDXL, "cpu", None, 1024, 1024, 6) == 1
+    assert storyboard_batch_size(SDXL, "cuda", 80 * 10**9, 1024, 1024, 6) == 6
+    assert storyboard_batch_size(SDXL, "cuda", 10 * 10**9, 1024, 1024, 6) == 1
+    assert storyboard_batch_size(SDXL, "cuda", 30 * 10**9, 1024, 1024, 6) == 4
 
 
 def test_contact_sheet_grid() -> None:

@@ -17,6 +17,8 @@ from hardware.backend import Backend
 from hardware.profiles import BITSANDBYTES_KINDS, Profile
 from pipeline.models import LoadedModel, WeightsSource
 
+MEMORY_HEADROOM = 0.8  # of free CUDA memory one batch's activations may take
+
 
 @dataclass(frozen=True)
 class Family:
@@ -31,6 +33,11 @@ class Family:
 
     def doubles_batch(self, guidance_scale: float) -> bool:
         return self.cfg_batch and guidance_scale > 1
+
+    def images_that_fit(self, free_bytes: int, width: int, height: int) -> int:
+        """How many images at this size one batch may denoise in ``free_bytes`` (at least one)."""
+        per_image = self.activation_bytes_1mp * (width * height) / (1024 * 1024)
+        return max(1, int(free_bytes * MEMORY_HEADROOM // per_image))
 
     def denoiser(self, pipe: Any) -> Any:
         return getattr(pipe, self.denoiser_name)

@@ -29,6 +29,7 @@ class ModelCache:
         self._sizes: dict[str, int] = {}
         self._lock = threading.RLock()  # guards the tables above, never held during a load
         self._loading: dict[str, threading.Lock] = {}  # one per id: a load blocks only its own id
+        self._reserved = 0  # bytes of sized loads in progress (two loads at once must not both fit the same room)
 
     def get_or_load(self, model_id: str, load: Callable[[], T], size_bytes: int | Callable[[], int] = 0,
                     free: Optional[Callable[[], int]] = None) -> T:
@@ -52,10 +53,16 @@ class ModelCache:
                     self._models.move_to_end(model_id)
                     return self._models[model_id]
             size = size_bytes() if callable(size_bytes) else size_bytes
+            reserved = 0
             if free is not None:
-                self.make_room(size, free, keep=model_id)
+                self._make_room(size, free, keep=model_id, reserve=True)
+                reserved = size
             started = time.perf_counter()
-            model = load()
+            try:
+                model = load()
+            finally:
+                with self._lock:
+                    self._reserved -= reserved
             with self._lock:
                 self._models[model_id] = model
                 self._sizes[model_id] = size
@@ -91,30 +98,34 @@ class ModelCache:
     def make_room(self, needed: int, free: Callable[[], int], keep: str) -> None:
         """Evict least recently used models until ``needed`` bytes fit in ``free()``.
 
-        Only entries loaded with a size (whole models) are candidates; ``keep`` never is. A model a
-        request is using (its ``lock`` is held: predictions run concurrently) is dropped once that
-        request lets go, since only then is its memory free; after ``EVICT_WAIT_S`` it is dropped
-        anyway, logged, and its memory frees when the request ends.
+        Only entries loaded with a size (whole models) are candidates; ``keep`` never is. A model
+        another request is using (``LoadedModel.in_use``: predictions run concurrently) is dropped
+        once that request ends, since only then is its memory free; after ``EVICT_WAIT_S`` it is
+        dropped anyway, logged, and its memory frees when the request ends.
         """
+        self._make_room(needed, free, keep)
+
+    def _make_room(self, needed: int, free: Callable[[], int], keep: str, reserve: bool = False) -> None:
+        """``make_room``, counting the loads in progress as used; ``reserve``: count this one too
+        until the caller's load ends (``get_or_load``)."""
         while True:
             with self._lock:
-                if needed <= free():
-                    return
+                fits = needed + self._reserved <= free()
                 victims = [k for k in self._models if k != keep and self._sizes.get(k)]
-                if not victims:
-                    log.warning("model %s needs %.1f GB, %.1f GB free, nothing left to evict", keep, needed / 1e9, free() / 1e9)
+                if fits or not victims:
+                    if not fits:
+                        log.warning("model %s needs %.1f GB, %.1f GB free, nothing left to evict", keep, needed / 1e9,
+                                    free() / 1e9)
+                    if reserve:
+                        self._reserved += needed
                     return
                 victim = victims[0]
-                in_use = getattr(self._models[victim], "lock", None)
-            acquired = in_use.acquire(timeout=EVICT_WAIT_S) if in_use is not None else False
-            if in_use is not None and not acquired:
+                wait_unused = getattr(self._models[victim], "wait_unused", None)
+            if wait_unused is not None and not wait_unused(EVICT_WAIT_S):
                 log.warning("model %s still in use after %.0f s; evicting it anyway", victim, EVICT_WAIT_S)
-            try:
-                dropped = self.evict(victim)
-            finally:
-                if acquired:
-                    in_use.release()
-            log.info("evicted %s (least recently used) to make room for %s", ", ".join(dropped), keep)
+            dropped = self.evict(victim)
+            if dropped:
+                log.info("evicted %s (least recently used) to make room for %s", ", ".join(dropped), keep)
             release_memory()
 
 
