@@ -64,11 +64,25 @@ def run_threads(count: int, target) -> list:
 
 def test_concurrent_requests_share_one_batch_each_with_its_own_prompt_and_seed(
         predictor, monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("BATCH_WINDOW_MS", "2000")  # long enough for three threads on two cores
+    import dataclasses
+
+    from pipeline.coalesce import arrivals
+    from pipeline.select import select_model
+
+    monkeypatch.setenv("BATCH_WINDOW_MS", "10000")  # an upper bound: the batch starts once it holds three
+    service = predictor.service
+    model = select_model("sdxl", service.default_source, service.backend)
+    monkeypatch.setattr(model, "profile", dataclasses.replace(model.profile or service.backend.settings,
+                                                              max_batch_images=3))
     prompts = ["a red bicycle", "a green lake", "a yellow house"]
-    with caplog.at_level(logging.INFO, logger="pipeline.coalesce"):
-        batched = run_threads(3, lambda i: pixels(predictor.predict_sync(**predict_inputs(
-            prompt=prompts[i], seed=70 + i, output_format="png", num_inference_steps=STEPS))[0]))
+    on_the_way = [arrivals.arrive(), arrivals.arrive()]  # the threads start one by one: none may go alone
+    try:
+        with caplog.at_level(logging.INFO, logger="pipeline.coalesce"):
+            batched = run_threads(3, lambda i: pixels(predictor.predict_sync(**predict_inputs(
+                prompt=prompts[i], seed=70 + i, output_format="png", num_inference_steps=STEPS))[0]))
+    finally:
+        for arrival in on_the_way:
+            arrival.leave()
     assert "batching 3 requests: 3 images together" in caplog.text
     monkeypatch.setenv("BATCH_WINDOW_MS", "0")
     alone = [pixels(predictor.predict_sync(**predict_inputs(prompt=prompts[i], seed=70 + i, output_format="png",
@@ -82,14 +96,21 @@ def test_incompatible_requests_and_full_batches_run_apart(predictor, monkeypatch
 
     from pipeline.select import select_model
 
-    monkeypatch.setenv("BATCH_WINDOW_MS", "2000")
+    monkeypatch.setenv("BATCH_WINDOW_MS", "1500")  # how long the last, lone ones wait for companions
     steps = [STEPS, STEPS, STEPS, STEPS + 1]  # the last one cannot share
     service = predictor.service
     model = select_model("sdxl", service.default_source, service.backend)
     budget = dataclasses.replace(model.profile or service.backend.settings, max_batch_images=2)
     monkeypatch.setattr(model, "profile", budget)  # the profile's budget: two images a batch
-    with caplog.at_level(logging.INFO, logger="pipeline.coalesce"):
-        run_threads(4, lambda i: predictor.predict_sync(**predict_inputs(seed=80 + i, num_inference_steps=steps[i])))
+    from pipeline.coalesce import arrivals
+
+    on_the_way = [arrivals.arrive() for _ in range(3)]  # the threads start one by one: none may go alone
+    try:
+        with caplog.at_level(logging.INFO, logger="pipeline.coalesce"):
+            run_threads(4, lambda i: predictor.predict_sync(**predict_inputs(seed=80 + i, num_inference_steps=steps[i])))
+    finally:
+        for arrival in on_the_way:
+            arrival.leave()
     sizes = [int(line.split(": ")[1].split()[0]) for line in caplog.messages if line.startswith("batching ")]
     assert sizes and max(sizes) <= 2
 
@@ -121,6 +142,81 @@ def test_a_request_that_found_the_gpu_busy_waits_for_the_freed_slots(predictor, 
         second.join()
     assert "batching 2 requests: 2 images together" in caplog.text
     assert set(results) == {"first", "second"}
+
+
+class FakeDenoiser:
+    """Stands in for ``pipeline.generate.generate`` in the coalescer's own tests: records each
+    batch's seeds and returns one string per image, or runs out of memory on batches of several."""
+
+    def __init__(self, oom_above: int = 0, delay: float = 0.0) -> None:
+        self.batches: list[list[int]] = []
+        self.oom_above = oom_above
+        self.delay = delay
+
+    def __call__(self, model, batch, request, settings, go_fast=False, listeners=None):  # noqa: ANN001
+        from pipeline.generate import GenerationResult
+
+        time.sleep(self.delay)
+        if self.oom_above and batch.size > self.oom_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batches.append(batch.image_seeds())
+        return GenerationResult([f"image {seed}" for seed in batch.image_seeds()], 0.01, 4)
+
+
+def coalesce_threads(monkeypatch, fake: FakeDenoiser, members: list, capacity: int, stagger: float = 0.05) -> list:
+    """Run each member through one coalescer on its own thread (each after the previous by
+    ``stagger`` seconds, while more are on their way); the result or error of each."""
+    from pathlib import Path as P
+
+    from pipeline import coalesce
+    from pipeline.models import LoadedModel, WeightsSource
+    from presets import resolve
+    from request.generation import parse_request
+    from request.inputs import split_inputs
+
+    monkeypatch.setattr(coalesce, "generate", fake)
+    model = LoadedModel(None, {}, WeightsSource(P("/fake"), "diffusers", "/fake"))
+    coalescer = coalesce.Coalescer(model)
+    request = parse_request(split_inputs(predict_inputs())[0])
+    settings = resolve("sdxl", request.preset, 3, None, None)
+    arrivals = [coalesce.arrivals.arrive() for _ in members]  # all on their way from the start
+
+    def run(index: int):
+        time.sleep(stagger * index)
+        try:
+            return coalescer.run(members[index], request, settings, False, 1.0, capacity, 8, arrivals[index])
+        except BaseException as error:  # noqa: BLE001 - returned for the test to look at
+            return error
+
+    try:
+        return run_threads(len(members), run)
+    finally:
+        for arrival in arrivals:
+            arrival.leave()
+
+
+def test_a_request_as_large_as_a_batch_never_cuts_off_a_forming_one(monkeypatch) -> None:
+    from pipeline.coalesce import Member
+
+    fake = FakeDenoiser()
+    members = [Member("a", "", 1, 10), Member("b", "", 4, 20), Member("c", "", 1, 30)]
+    results = coalesce_threads(monkeypatch, fake, members, capacity=2)
+    assert sorted(fake.batches) == [[10, 30], [20, 21, 22, 23]]
+    assert results[0].images == ["image 10"] and results[2].images == ["image 30"]
+    assert results[1].images == ["image 20", "image 21", "image 22", "image 23"]
+
+
+def test_a_batch_out_of_memory_runs_each_member_alone_and_spares_the_others_a_cancel(monkeypatch) -> None:
+    from pipeline.coalesce import Member
+    from pipeline.progress import Canceled
+
+    fake = FakeDenoiser(oom_above=1, delay=0.2)
+    members = [Member("a", "", 1, 10), Member("b", "", 1, 20), Member("c", "", 1, 30)]
+    threading.Timer(0.3, members[1].listener.cancelled.set).start()  # b cancels while the batch runs
+    results = coalesce_threads(monkeypatch, fake, members, capacity=4, stagger=0.01)
+    assert isinstance(results[1], Canceled)
+    assert results[0].images == ["image 10"] and results[2].images == ["image 30"]
+    assert sorted(fake.batches) == [[10], [30]]
 
 
 def test_each_listener_gets_its_own_progress_lines_and_may_cancel(predictor) -> None:
