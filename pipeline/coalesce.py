@@ -23,7 +23,6 @@ runs alone, as it always did. If a batch of several runs out of memory, each mem
 """
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -32,6 +31,7 @@ from typing import Callable, Optional
 
 from pipeline.families import family_for
 from pipeline.generate import Batch, GenerationResult, generate
+from pipeline.loading.cache import release_memory
 from pipeline.models import LoadedModel
 from pipeline.progress import Canceled, Listener
 from presets import EffectiveSettings
@@ -233,16 +233,21 @@ class Coalescer:
             else:
                 live.append(member)
         try:
-            if live:
-                self._denoise(live, request, settings, go_fast)
-        except BaseException as error:  # noqa: BLE001 - handed to the members it concerns
-            if len(live) > 1 and "out of memory" in str(error).lower():
+            retry = False
+            try:
+                if live:
+                    self._denoise(live, request, settings, go_fast)
+            except BaseException as error:  # noqa: BLE001 - handed to the members it concerns
+                retry = len(live) > 1 and "out of memory" in str(error).lower()
+                if not retry:
+                    for member in live:
+                        member.error = error
+            if retry:
+                # out of the except block: its traceback no longer holds the failed batch's tensors
                 log.warning("batch of %d requests ran out of memory; running each alone", len(live))
+                release_memory()
                 for member in live:
                     self._alone(member, request, settings, go_fast)
-            else:
-                for member in live:
-                    member.error = error
         finally:
             for member in members:
                 member.done.set()
@@ -283,13 +288,21 @@ def _outcome(member: Member, own_error: bool) -> GenerationResult:
     if member.error is not None:
         if own_error:
             raise member.error
-        try:
-            fresh = copy.copy(member.error)
-        except Exception:  # noqa: BLE001 - an exception that cannot be copied is raised as it is
-            raise member.error from None
-        raise fresh from member.error
+        raise _copy_of(member.error) from member.error
     assert member.result is not None
     return member.result
+
+
+def _copy_of(error: BaseException) -> BaseException:
+    """The same exception (type, arguments, attributes) as a new object, without a traceback; the
+    original when its type cannot be made that way."""
+    try:
+        fresh = type(error).__new__(type(error), *error.args)
+        fresh.args = error.args
+        fresh.__dict__.update(error.__dict__)
+        return fresh
+    except Exception:  # noqa: BLE001 - an exotic exception type: raised as it is
+        return error
 
 
 _CREATE_LOCK = threading.Lock()
@@ -307,11 +320,12 @@ def batch_capacity(model: LoadedModel, width: int, height: int, guidance_scale: 
                    max_images: int, free_bytes: Callable[[], Optional[int]]) -> int:
     """The most images one batch of this model may hold at this size: the profile's budget; on
     CUDA, what free memory holds at the family's activation size per image; with go_fast, the
-    largest batch its fast denoiser is compiled for (a batch must not move a request off it)."""
+    largest batch its fast denoiser is compiled for (a batch must not move a request off it),
+    unless the fast denoiser gave up on this size (those requests run exact whatever the batch)."""
     free = free_bytes()
     capacity = max(1, max_images if free is None else min(max_images, family_for(model.spec).images_that_fit(free, width, height)))
     fast = model.fast if go_fast else None
-    if fast is not None:
+    if fast is not None and not fast.gave_up(fast.shape(width, height, 1, guidance_scale)):
         ready = [n for n in range(1, capacity + 1) if fast.is_ready(fast.shape(width, height, n, guidance_scale))]
         capacity = max(ready, default=1)
     return capacity

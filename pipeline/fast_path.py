@@ -191,6 +191,11 @@ class FastPath:
         with self._cond:
             return self.state == "ready" and shape in self._ready
 
+    def gave_up(self, shape: Shape) -> bool:
+        """Whether ``shape`` will never run fast: the build failed, or its compile failed twice."""
+        with self._cond:
+            return self.state == "failed" or shape in self._failed
+
     def _run(self) -> None:
         with self._own_stream() as finish:
             self._serve(finish)

@@ -17,6 +17,41 @@ from pipeline.speed.settings import SpeedSettings
 from request.catalog import MODELS, ModelSpec
 
 
+class Holders:
+    """The threads of the requests holding something the model cache may evict (a model, from its
+    selection to the request's end). With predictions concurrent, evicting it under them would free
+    no memory until they end, so the cache waits until no thread but its own holds it."""
+
+    def __init__(self) -> None:
+        self._threads: Counter[int] = Counter()
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._changed:
+            self._threads[me] += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._threads[me] -= 1
+                if not self._threads[me]:
+                    del self._threads[me]
+                self._changed.notify_all()
+
+    def idle(self) -> bool:
+        """No thread but the calling one holds it."""
+        with self._changed:
+            return not set(self._threads) - {threading.get_ident()}
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until ``idle``; False after ``timeout`` seconds."""
+        me = threading.get_ident()
+        with self._changed:
+            return self._changed.wait_for(lambda: not set(self._threads) - {me}, max(0.0, timeout))
+
+
 @dataclass(frozen=True)
 class WeightsSource:
     """A local, checked weights location and its layout."""
@@ -51,31 +86,13 @@ class LoadedModel:
     # built on it, a background preload), so none of them sees another's half-swapped modules.
     # Taken before the cache's own per-entry locks, never after, so the order is always the same.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
-    # The threads of the requests using it, from selecting it to their end (a thread's own use never
-    # holds up its own load of another model).
-    _users: Counter = field(default_factory=Counter, repr=False, compare=False)
-    _users_changed: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
+    holders: "Holders" = field(default_factory=lambda: Holders(), repr=False, compare=False)
 
     @contextlib.contextmanager
     def in_use(self) -> Iterator["LoadedModel"]:
-        """A request's hold on the model: the cache evicts it only once no other request holds it."""
-        me = threading.get_ident()
-        with self._users_changed:
-            self._users[me] += 1
-        try:
+        """A request's hold on the model, from selecting it to the request's end."""
+        with self.holders.held():
             yield self
-        finally:
-            with self._users_changed:
-                self._users[me] -= 1
-                if not self._users[me]:
-                    del self._users[me]
-                self._users_changed.notify_all()
-
-    def wait_unused(self, timeout: float) -> bool:
-        """Until no thread but this one uses the model; False after ``timeout`` seconds."""
-        me = threading.get_ident()
-        with self._users_changed:
-            return self._users_changed.wait_for(lambda: not set(self._users) - {me}, timeout)
 
     @property
     def spec(self) -> ModelSpec:

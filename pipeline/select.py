@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import settings
 from hardware.backend import Backend
@@ -91,6 +92,19 @@ def load_source(source: WeightsSource, backend: Backend, stream: Optional[Any] =
 def load_model(name: str, backend: Backend, explicit_weights: Optional[str] = None) -> LoadedModel:
     """Resolve model ``name``'s weights (fetching a URL once) and load it through the cache."""
     return load_source(resolve_weights(configured_weights(explicit_weights, name), model=name), backend)
+
+
+@contextlib.contextmanager
+def model_in_use(name: str, default: WeightsSource, backend: Backend) -> Iterator[LoadedModel]:
+    """``select_model``, held in use for the block (``LoadedModel.in_use``). A model evicted between
+    its selection and the hold is selected again, so a request never runs on an evicted model."""
+    while True:
+        model = select_model(name, default, backend)
+        with model.in_use():
+            if MODEL_CACHE.holds(model.source.model_id, model):
+                yield model
+                return
+        log.info("model %s was evicted as it was selected; selecting it again", model.source.model_id)
 
 
 def select_model(name: str, default: WeightsSource, backend: Backend) -> LoadedModel:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +30,7 @@ from hardware.backend import Backend
 from pipeline.generate import generators_for
 from pipeline.loading.cache import MODEL_CACHE
 from pipeline.loading.component_build import weight_files
+from pipeline.models import Holders
 from pipeline.progress import StepProgress
 from pipeline.select import free_bytes
 from presets.video import VideoSettings
@@ -47,6 +48,7 @@ class VideoModel:
     path: Path
     num_frames: int  # what the checkpoint was trained for: 14 (SVD) or 25 (SVD-XT)
     base: int  # sample_size x the VAE's factor: 768 for SVD
+    holders: Holders = field(default_factory=Holders, repr=False, compare=False)  # requests animating with it
 
     def frame_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The native frame, 4:3 of ``base`` long and 3:4 short (1024x576 for SVD), in the image's orientation."""

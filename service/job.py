@@ -23,7 +23,7 @@ from pipeline.lora import Lora, LoraRejected, applied, fetch_loras
 from pipeline.models import LoadedModel, WeightsSource
 from pipeline.progress import CANCEL, check_cancelled
 from pipeline.safety_checker import checker_for
-from pipeline.select import select_model
+from pipeline.select import model_in_use
 from pipeline.storyboard import batches, contact_sheet, scene_prompts, storyboard_batch_size
 from presets import EffectiveSettings, resolve
 from presets.video import resolve_video
@@ -109,8 +109,8 @@ class Prepared:
 
 
 def _prepare(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, available: Sequence[str],
-             held: contextlib.ExitStack) -> Prepared:
-    """Steps 1-6; the selected model is held in use (``held``) until the request ends."""
+             hold: contextlib.ExitStack) -> Prepared:
+    """Steps 1-6; the selected model is held in use until ``hold`` closes."""
     # 1. Validate everything first: nothing loads, downloads or evicts for a request that is refused.
     generation_inputs, adetailer_inputs = split_inputs(raw)
     request = parse_request(generation_inputs)
@@ -135,8 +135,8 @@ def _prepare(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, a
     # 3. The LoRAs, fetched or from the cache: a bad one is refused before any model loads or is evicted.
     loras = fetch_loras(lora_inputs(request))
 
-    # 4. Select the model, loading it on first use; in use by this request until it ends.
-    model = held.enter_context(select_model(spec.name, default, backend).in_use())
+    # 4. Select the model, loading it on first use; held by this request, so it is not evicted under it.
+    model = hold.enter_context(model_in_use(spec.name, default, backend))
 
     # 5. Identity: the IP-Adapter, loaded on first use, when a face is given.
     identity = identity_for(model, reference, settings.ip_adapter_scale, guidance=settings.guidance_scale > 1)
@@ -152,12 +152,15 @@ def _run(raw: Mapping[str, Any], backend: Backend, default: WeightsSource, avail
          out_dir: Path) -> JobResult:
     with contextlib.ExitStack() as held:
         arrival = held.enter_context(arrivals.arrive())  # a batch forming now may wait for this request
-        job = _prepare(raw, backend, default, available, held)
-        return _generate_and_finish(job, backend, out_dir, arrival)
+        hold = held.enter_context(contextlib.ExitStack())  # on the image model, until its images are made
+        job = _prepare(raw, backend, default, available, hold)
+        return _generate_and_finish(job, backend, out_dir, arrival, hold)
 
 
-def _generate_and_finish(job: Prepared, backend: Backend, out_dir: Path, arrival: Arrival) -> JobResult:
-    """Steps 7-10."""
+def _generate_and_finish(job: Prepared, backend: Backend, out_dir: Path, arrival: Arrival,
+                         hold: contextlib.ExitStack) -> JobResult:
+    """Steps 7-10; ``hold`` (the request's hold on its image model) ends before the video step,
+    which may need the model's memory."""
     request, settings, model, seed = job.request, job.settings, job.model, job.seed
     check_cancelled()
     timings: dict[str, float] = {}
@@ -185,6 +188,7 @@ def _generate_and_finish(job: Prepared, backend: Backend, out_dir: Path, arrival
     # 10. The outputs: MP4 clips when animated; else the images (a storyboard's with its contact sheet).
     if request.animate:
         check_cancelled()
+        hold.close()
         result.paths, clip_timings = _animate(result, request, settings.preset, backend, out_dir)
         result.timings.update(clip_timings)
         return result
@@ -274,6 +278,12 @@ def _animate(result: JobResult, request: GenerationRequest, preset: str, backend
     """One clip per image (per scene of a storyboard, joined in order into ``storyboard.mp4``), and
     the video's timings."""
     model = video.video_model(backend)
+    with model.holders.held():
+        return _animate_with(model, result, request, preset, backend, out_dir)
+
+
+def _animate_with(model: video.VideoModel, result: JobResult, request: GenerationRequest, preset: str,
+                  backend: Backend, out_dir: Path) -> tuple[list[Path], dict[str, float]]:
     frames = request.video_frames or model.num_frames
     if frames > model.num_frames:
         raise InputError("video_frames", frames, f"this checkpoint makes at most {model.num_frames} frames")

@@ -163,3 +163,56 @@ def test_two_loads_at_once_do_not_both_count_the_same_free_memory() -> None:
     release_first.set()
     worker.join()
     assert "old:/a" not in cache and {"first:/b", "second:/c"} <= set(cache.ids())
+
+
+def test_an_idle_model_is_evicted_before_a_held_one() -> None:
+    import threading
+    import time
+    from pathlib import Path
+
+    from pipeline.models import LoadedModel, WeightsSource
+
+    cache = ModelCache()
+    make = lambda name: lambda: LoadedModel(None, {}, WeightsSource(Path(name), "diffusers", name))  # noqa: E731
+    held = cache.get_or_load("sdxl:/a", make("/a"), size_bytes=40)  # the least recently used, but held
+    cache.get_or_load("flux-dev:/b", make("/b"), size_bytes=40)
+    free = lambda: 100 - cache.resident_bytes()  # noqa: E731
+    holding, done = threading.Event(), threading.Event()
+
+    def request() -> None:
+        with held.in_use():
+            holding.set()
+            done.wait(5)
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    holding.wait(5)
+    started = time.perf_counter()
+    cache.make_room(40, free, keep="flux-schnell:/c")
+    assert cache.ids() == ["sdxl:/a"] and time.perf_counter() - started < 1
+    done.set()
+    worker.join()
+
+
+def test_a_model_evicted_as_it_is_selected_is_selected_again(monkeypatch) -> None:
+    import threading
+    from pathlib import Path
+
+    from pipeline import select
+    from pipeline.loading.cache import MODEL_CACHE
+    from pipeline.models import LoadedModel, WeightsSource
+
+    source = WeightsSource(Path("/evicted-then-loaded"), "diffusers", "/x")
+    gone, fresh = LoadedModel(None, {}, source), LoadedModel(None, {}, source)
+    picks = iter([gone, fresh])
+    monkeypatch.setattr(select, "select_model", lambda name, default, backend: next(picks))
+    MODEL_CACHE.get_or_load(source.model_id, lambda: fresh)  # the cache holds the second one only
+    try:
+        with select.model_in_use("sdxl", source, None) as model:
+            seen: dict[str, bool] = {}
+            other = threading.Thread(target=lambda: seen.update(gone=gone.holders.idle(), fresh=fresh.holders.idle()))
+            other.start()
+            other.join()
+            assert model is fresh and seen == {"gone": True, "fresh": False}  # held: the fresh one only
+    finally:
+        MODEL_CACHE.evict(source.model_id)

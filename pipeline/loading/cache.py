@@ -98,16 +98,22 @@ class ModelCache:
     def make_room(self, needed: int, free: Callable[[], int], keep: str) -> None:
         """Evict least recently used models until ``needed`` bytes fit in ``free()``.
 
-        Only entries loaded with a size (whole models) are candidates; ``keep`` never is. A model
-        another request is using (``LoadedModel.in_use``: predictions run concurrently) is dropped
-        once that request ends, since only then is its memory free; after ``EVICT_WAIT_S`` it is
-        dropped anyway, logged, and its memory frees when the request ends.
+        Only entries loaded with a size (whole models) are candidates; ``keep`` never is, and one no
+        request holds goes before one that is held. A held one (``Holders``: predictions run
+        concurrently) is dropped once no other thread holds it, since only then is its memory free;
+        after ``EVICT_WAIT_S`` it is dropped anyway, logged, and its memory frees when they end.
         """
         self._make_room(needed, free, keep)
+
+    def holds(self, model_id: str, entry: Any) -> bool:
+        """Whether ``entry`` is still the cached object for ``model_id`` (not evicted meanwhile)."""
+        with self._lock:
+            return self._models.get(model_id) is entry
 
     def _make_room(self, needed: int, free: Callable[[], int], keep: str, reserve: bool = False) -> None:
         """``make_room``, counting the loads in progress as used; ``reserve``: count this one too
         until the caller's load ends (``get_or_load``)."""
+        deadline: Optional[float] = None
         while True:
             with self._lock:
                 fits = needed + self._reserved <= free()
@@ -119,14 +125,26 @@ class ModelCache:
                     if reserve:
                         self._reserved += needed
                     return
-                victim = victims[0]
-                wait_unused = getattr(self._models[victim], "wait_unused", None)
-            if wait_unused is not None and not wait_unused(EVICT_WAIT_S):
-                log.warning("model %s still in use after %.0f s; evicting it anyway", victim, EVICT_WAIT_S)
-            dropped = self.evict(victim)
+                idle = [k for k in victims if _holders(self._models[k]) is None or _holders(self._models[k]).idle()]
+                victim = (idle or victims)[0]
+                holders = _holders(self._models[victim])
+                late = deadline is not None and time.monotonic() >= deadline
+                dropped: list[str] = []
+                if holders is None or holders.idle() or late:  # checked and dropped under the cache's lock
+                    if late:
+                        log.warning("model %s still in use after %.0f s; evicting it anyway", victim, EVICT_WAIT_S)
+                    dropped, deadline = self.evict(victim), None
+                elif deadline is None:
+                    deadline = time.monotonic() + EVICT_WAIT_S
             if dropped:
                 log.info("evicted %s (least recently used) to make room for %s", ", ".join(dropped), keep)
-            release_memory()
+                release_memory()
+            elif holders is not None and deadline is not None:
+                holders.wait_idle(deadline - time.monotonic())
+
+
+def _holders(entry: Any) -> Optional[Any]:
+    return getattr(entry, "holders", None)
 
 
 def release_memory() -> None:
