@@ -43,7 +43,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,37 +164,43 @@ def fresh_call(index: int) -> Call:
     return Call(f"a lighthouse, variation {index}", 1000 + index)
 
 
-def closed_loop(server: Server, callers: int, requests: int, inputs: dict, timeout: float) -> tuple[list[Call], float]:
-    calls = [[fresh_call(c * requests + r) for r in range(requests)] for c in range(callers)]
-
-    def caller(mine: list[Call]) -> None:
-        for call in mine:
-            predict(server, call, inputs, timeout)
-
-    threads = [threading.Thread(target=caller, args=(mine,)) for mine in calls]
+def timed_callers(work: list[Callable[[], None]]) -> float:
+    """Run each caller on its own thread; the wall time until the last one is done."""
+    threads = [threading.Thread(target=caller) for caller in work]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return [call for mine in calls for call in mine], time.perf_counter() - started
+    return time.perf_counter() - started
+
+
+def closed_loop(server: Server, callers: int, requests: int, inputs: dict, timeout: float) -> tuple[list[Call], float]:
+    """Each caller sends its next prediction when the last is answered."""
+    calls = [[fresh_call(c * requests + r) for r in range(requests)] for c in range(callers)]
+
+    def caller(mine: list[Call]) -> Callable[[], None]:
+        def run() -> None:
+            for call in mine:
+                predict(server, call, inputs, timeout)
+        return run
+
+    wall = timed_callers([caller(mine) for mine in calls])
+    return [call for mine in calls for call in mine], wall
 
 
 def burst(server: Server, callers: int, inputs: dict, timeout: float) -> tuple[list[Call], float]:
+    """Every caller sends one prediction at the same instant."""
     calls = [fresh_call(c) for c in range(callers)]
     gate = threading.Barrier(callers)
 
-    def caller(call: Call) -> None:
-        gate.wait()
-        predict(server, call, inputs, timeout)
+    def caller(call: Call) -> Callable[[], None]:
+        def run() -> None:
+            gate.wait()
+            predict(server, call, inputs, timeout)
+        return run
 
-    threads = [threading.Thread(target=caller, args=(call,)) for call in calls]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return calls, time.perf_counter() - started
+    return calls, timed_callers([caller(call) for call in calls])
 
 
 def percentile(values: list[float], share: float) -> float:
