@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
 # BATCH_WINDOW_MS when unset and several predictions may run at once: several times the longest
 # first wait for companions in bench_throughput.py's bursts on the CPU (docs/throughput.md)
 BATCH_WINDOW_DEFAULT_MS = 10.0
-FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
